@@ -1,0 +1,257 @@
+"""The ``nas`` command: run jobs, list them, watch them, query fronts, export subnets.
+
+Any error a user can cause (``NasError``, ``ConfigError``) prints one line on stderr and exits
+with code 2; ``--json`` output is documented in README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from nas.errors import NasError
+from nas.store import FrontRecord, JobRecord, Store, resolve_url, split_metric_key
+from search_spaces import ConfigError
+
+EXIT_USER_ERROR = 2
+
+
+def artifacts_dir(explicit: str | None, db_url: str) -> Path:
+    """``--artifacts``, else ``NAS_ARTIFACTS``, else ``artifacts/`` beside a SQLite file."""
+    chosen = explicit or os.environ.get("NAS_ARTIFACTS")
+    if chosen:
+        return Path(chosen)
+    if db_url.startswith("sqlite:///"):
+        return Path(db_url.removeprefix("sqlite:///")).parent / "artifacts"
+    return Path(".nas/artifacts")
+
+
+# ---- commands ------------------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace, console: Console) -> int:
+    from nas.cluster import ray_session
+    from nas.controller import Controller
+    from nas.spec import load_spec
+
+    spec = load_spec(args.spec)  # every spec error surfaces before anything is written
+    url = resolve_url(args.db)
+    with Store(url) as store:
+        with ray_session(args.address):
+            job = store.create_job(spec.name, spec.model_dump(mode="json"))
+            console.print(f"job {job.id} ({spec.name}) in {_safe(url)}", highlight=False)
+            with _progress_bars(console) as on_progress:
+                Controller(store, job.id, artifacts_dir(args.artifacts, url), on_progress).run()
+        front = store.front(job.id)
+        if args.json:
+            print(json.dumps(front_json(front)))
+        else:
+            console.print(front_table(front, f"job {job.id}: measured Pareto front"))
+            console.print(f"done: job {job.id}", highlight=False)
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace, console: Console) -> int:
+    with Store(resolve_url(args.db)) as store:
+        jobs = store.list_jobs()
+    if args.json:
+        print(json.dumps([job_json(j) for j in jobs]))
+        return 0
+    table = Table("id", "name", "status", "stage", "created")
+    for j in jobs:
+        table.add_row(j.id, j.name, j.status, j.stage or "", f"{j.created_at:%Y-%m-%d %H:%M}")
+    console.print(table)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, console: Console) -> int:
+    with Store(resolve_url(args.db)) as store:
+        job = store.get_job(args.job)
+        runs = store.training_runs(job.id)
+        curve = store.curve(runs[-1].id) if runs else []
+        subnets = store.subnets(job.id)
+    status = {
+        **job_json(job),
+        "training": [
+            {"id": r.id, "status": r.status, "epochs_done": r.epochs_done} for r in runs
+        ],
+        "last_curve_point": {p.name: p.value for p in curve if p.epoch == curve[-1].epoch}
+        if curve
+        else {},
+        "subnets_measured": len(subnets),
+    }
+    if args.json:
+        print(json.dumps(status))
+        return 0
+    console.print(f"job {job.id} ({job.name}): {job.status}", highlight=False)
+    stages = ("train", "profile", "search", "front", "done")
+    reached = stages.index(job.stage) if job.stage in stages else -1
+    for i, stage in enumerate(stages[:-1]):
+        mark = "done" if i < reached or job.status == "done" else (
+            job.status if i == reached else "waiting"
+        )
+        detail = job.stage_detail if i == reached and job.status != "done" else ""
+        console.print(f"  {stage:<8} {mark:<8} {detail or ''}", highlight=False)
+    for r in runs:
+        console.print(f"  training run {r.id}: {r.status}, {r.epochs_done} epochs", highlight=False)
+    for name, value in status["last_curve_point"].items():
+        console.print(f"  last {name}: {value:.4f}", highlight=False)
+    console.print(f"  subnets measured: {len(subnets)}", highlight=False)
+    if job.error:
+        console.print(f"  error: {job.error}", highlight=False)
+    return 0
+
+
+def cmd_pareto(args: argparse.Namespace, console: Console) -> int:
+    with Store(resolve_url(args.db)) as store:
+        store.get_job(args.job)
+        front = store.front(args.job, args.target)
+    if args.json:
+        print(json.dumps(front_json(front)))
+    else:
+        console.print(front_table(front, f"job {args.job}: measured Pareto front"))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace, console: Console) -> int:
+    from nas.export import export_subnet
+
+    with Store(resolve_url(args.db)) as store:
+        path = export_subnet(store, args.job, args.subnet, args.format, args.output)
+    console.print(f"wrote {path}", highlight=False)
+    return 0
+
+
+# ---- output shapes ---------------------------------------------------------------------------
+def job_json(job: JobRecord) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "name": job.name,
+        "status": job.status,
+        "stage": job.stage,
+        "stage_detail": job.stage_detail,
+        "error": job.error,
+        "created_at": job.created_at.isoformat(),
+        "updated_at": job.updated_at.isoformat(),
+    }
+
+
+def front_json(front: FrontRecord) -> dict[str, Any]:
+    return {
+        "job": front.job_id,
+        "target": front.target or None,
+        "objectives": front.objectives,
+        "points": [
+            {"subnet": p.id, "config": p.config, "metrics": p.metrics} for p in front.points
+        ],
+    }
+
+
+def front_table(front: FrontRecord, title: str) -> Table:
+    keys = list(dict.fromkeys([*front.objectives, "test_accuracy", "macs", "params"]))
+    keys += sorted(k for p in front.points for k in p.metrics if k not in keys)
+    keys = list(dict.fromkeys(keys))
+    table = Table("subnet", *keys, title=title)
+    for p in front.points:
+        table.add_row(str(p.id), *(_fmt(k, p.metrics.get(k)) for k in keys))
+    return table
+
+
+def _fmt(key: str, value: float | None) -> str:
+    if value is None:
+        return "-"
+    metric, _ = split_metric_key(key)
+    if metric in ("macs", "params"):
+        return f"{int(value):,}"
+    return f"{value:.4f}" if "accuracy" in metric else f"{value:.3f}"
+
+
+def _safe(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+class _progress_bars:
+    """A rich progress bar per stage, fed by the controller's progress callback."""
+
+    def __init__(self, console: Console):
+        self.progress = Progress(
+            TextColumn("{task.description:<8}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console,
+        )
+        self.tasks: dict[str, Any] = {}
+
+    def __enter__(self):
+        self.progress.start()
+        return self.update
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def update(self, stage: str, done: int, total: int, detail: str) -> None:
+        if stage not in self.tasks:
+            self.tasks[stage] = self.progress.add_task(stage, total=total, detail="")
+        self.progress.update(self.tasks[stage], completed=done, total=total, detail=detail)
+
+
+# ---- entry point -----------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--db", help="database URL or SQLite file (default: $NAS_DB or .nas/nas.db)")
+    parser = argparse.ArgumentParser(prog="nas", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", parents=[common], help="run a search job from a YAML spec")
+    run.add_argument("spec")
+    run.add_argument("--address", help="Ray cluster address (default: start a local instance)")
+    run.add_argument("--artifacts", help="artifact directory (default: $NAS_ARTIFACTS or beside the db)")
+    run.add_argument("--json", action="store_true", help="print the final front as JSON")
+    run.set_defaults(handler=cmd_run)
+
+    jobs = sub.add_parser("jobs", parents=[common], help="list jobs")
+    jobs.add_argument("--json", action="store_true")
+    jobs.set_defaults(handler=cmd_jobs)
+
+    status = sub.add_parser("status", parents=[common], help="show a job's stages and progress")
+    status.add_argument("job")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(handler=cmd_status)
+
+    pareto = sub.add_parser("pareto", parents=[common], help="show a job's measured Pareto front")
+    pareto.add_argument("job")
+    pareto.add_argument("--target", help="hardware target (default: the spec's objectives)")
+    pareto.add_argument("--json", action="store_true")
+    pareto.set_defaults(handler=cmd_pareto)
+
+    export = sub.add_parser("export", parents=[common], help="export a subnet as a plain model")
+    export.add_argument("job")
+    export.add_argument("subnet", type=int)
+    export.add_argument("--format", required=True, choices=["pt2", "onnx", "safetensors"])
+    export.add_argument("-o", "--output", required=True, help="output directory")
+    export.set_defaults(handler=cmd_export)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console(stderr=args.__dict__.get("json", False))
+    try:
+        return args.handler(args, console)
+    except (NasError, ConfigError) as error:
+        print(f"nas: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("nas: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

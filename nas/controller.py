@@ -1,0 +1,263 @@
+"""The stage machine of one job: TRAIN, PROFILE, SEARCH, FRONT, DONE.
+
+The controller is the only writer of its job's rows. Work runs on Ray (the trainer as an actor
+driven one epoch at a time, evaluations and latency measurements as tasks); results come back
+as plain data and are stored as they arrive. Every stage first looks at what the database
+already holds, so a controller restarted on a half-finished job redoes nothing that finished.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+
+from nas.errors import ClusterError
+from nas.pareto import non_dominated
+from nas.search import run_nsga2
+from nas.spec import METRICS, JobSpec
+from nas.store import Measurement, Store, SubnetRecord, metric_key
+from search_spaces import Config, SearchSpace
+from workers.datasets import load_dataset
+from workers.evaluator import evaluate_configs
+from workers.profiler import measure_latency
+from workers.trainer import SupernetTrainer
+
+STAGES = ("train", "profile", "search", "front", "done")
+
+#: What the evaluator measures of every subnet, besides latency per hardware target.
+SUBNET_METRICS = ("accuracy", "test_accuracy", "macs", "params")
+
+#: ``(stage, done, total, detail)``: how the controller tells a user interface where it is.
+ProgressCallback = Callable[[str, int, int, str], None]
+
+
+def _silent(stage: str, done: int, total: int, detail: str) -> None:
+    """The default progress callback: report nothing."""
+
+
+class Controller:
+    """Runs one stored job to completion on the connected Ray cluster."""
+
+    def __init__(
+        self,
+        store: Store,
+        job_id: str,
+        artifacts: str | Path,
+        on_progress: ProgressCallback = _silent,
+    ):
+        self.store = store
+        self.job = store.get_job(job_id)
+        self.spec = JobSpec.model_validate(self.job.spec)
+        self.space: SearchSpace = self.spec.space()
+        self.space_data = {"name": self.space.name, "kwargs": self.space.describe()}
+        self.input_shape = load_dataset(**self.spec.dataset_kwargs()).x_train.shape[1:]
+        self.artifacts = Path(artifacts).resolve() / job_id
+        self.on_progress = on_progress
+        self.checkpoint: str | None = None
+
+    # ---- the stage machine ------------------------------------------------------------
+    def run(self) -> None:
+        """Run every stage that has not finished; on failure the job is marked failed."""
+        self.store.update_job(self.job.id, status="running")
+        try:
+            self.train()
+            self.profile()
+            self.search()
+            self.save_fronts()
+        except BaseException as error:
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            self.store.update_job(self.job.id, status="failed", error=reason)
+            raise
+        self.store.update_job(self.job.id, status="done", stage="done", stage_detail="")
+
+    def _enter(self, stage: str, detail: str = "") -> None:
+        self.store.update_job(self.job.id, stage=stage, stage_detail=detail)
+
+    def _progress(self, stage: str, done: int, total: int, detail: str = "") -> None:
+        self.store.update_job(self.job.id, stage_detail=detail or f"{done}/{total}")
+        self.on_progress(stage, done, total, detail)
+
+    # ---- TRAIN --------------------------------------------------------------------------
+    def train(self) -> None:
+        """Train the supernet (resuming from its checkpoint), one curve point per epoch."""
+        training = self.spec.training
+        runs = self.store.training_runs(self.job.id)
+        run = runs[-1] if runs else self.store.create_training_run(
+            self.job.id, training.model_dump()
+        )
+        if run.status == "done":
+            self.checkpoint = run.checkpoint_path
+            return
+        self._enter("train")
+        settings = {
+            **training.model_dump(exclude={"sampling", "cpus"}),
+            "optimizer": training.optimizer.model_dump(),
+            "seed": self.spec.seed,
+        }
+        actor_class = ray.remote(num_cpus=training.cpus)(SupernetTrainer)
+        trainer = actor_class.remote(
+            self.space_data,
+            self.spec.dataset_kwargs(),
+            settings,
+            str(self.artifacts),
+            training.cpus,
+        )
+        try:
+            done = self._get(trainer.epochs_done.remote())
+            checkpoint = self._get(trainer.checkpoint_path.remote())
+            for epoch in range(done + 1, training.epochs + 1):
+                values = self._get(trainer.run_epoch.remote())
+                self.store.add_curve_points(run.id, epoch, values)
+                self.store.update_training_run(
+                    run.id, epochs_done=epoch, checkpoint_path=checkpoint
+                )
+                detail = f"epoch {epoch}/{training.epochs}, largest val acc {values['val_acc/largest']:.3f}"
+                self._progress("train", epoch, training.epochs, detail)
+        finally:
+            ray.kill(trainer)
+        self.store.update_training_run(run.id, status="done", checkpoint_path=checkpoint)
+        self.checkpoint = checkpoint
+
+    # ---- PROFILE ------------------------------------------------------------------------
+    def profile(self) -> None:
+        """Measure the largest, the smallest and ``profile_samples`` random subnets."""
+        self._enter("profile")
+        rng = np.random.default_rng(self.spec.seed)
+        configs = [self.space.max(), self.space.min()]
+        configs += [self.space.sample(rng) for _ in range(self.spec.search.profile_samples)]
+        self.measure(configs, "profile", "profile")
+
+    # ---- SEARCH -------------------------------------------------------------------------
+    def search(self) -> None:
+        """NSGA-II over the space's encoding; every subnet it proposes is measured for real."""
+        self._enter("search")
+        settings = self.spec.search
+        seeds = [s.config for s in self.store.subnets(self.job.id) if s.source == "profile"]
+        generation = 0
+
+        def evaluate(configs: list[Config]) -> list[dict[str, float]]:
+            nonlocal generation
+            generation += 1
+            detail = f"generation {generation}/{settings.generations}"
+            return [s.metrics for s in self.measure(configs, "search", detail)]
+
+        run_nsga2(
+            self.space,
+            evaluate,
+            objectives=self.spec.objectives,
+            directions=[METRICS[k.partition("@")[0]] for k in self.spec.objectives],
+            constraints=[c.model_dump() for c in self.spec.constraints],
+            population=settings.population,
+            generations=settings.generations,
+            initial=seeds,
+            seed=self.spec.seed,
+        )
+
+    # ---- FRONT --------------------------------------------------------------------------
+    def save_fronts(self) -> None:
+        """Store the measured front of the search objectives and one per hardware target."""
+        self._enter("front")
+        cost = self.spec.objectives[1]
+        fronts = {cost.partition("@")[2]: list(self.spec.objectives)}
+        for target in self.spec.hardware_targets:
+            fronts.setdefault(target.name, ["accuracy", metric_key("latency_ms", target.name)])
+        subnets = [s for s in self.store.subnets(self.job.id) if self._feasible(s)]
+        for target, keys in fronts.items():
+            measured = [s for s in subnets if all(k in s.metrics for k in keys)]
+            rows = [[s.metrics[k] for k in keys] for s in measured]
+            chosen = non_dominated(rows, [METRICS[k.partition("@")[0]] for k in keys])
+            self.store.save_front(self.job.id, target, keys, [measured[i].id for i in chosen])
+
+    def _feasible(self, subnet: SubnetRecord) -> bool:
+        for c in self.spec.constraints:
+            value = subnet.metrics.get(c.metric)
+            if value is None or (c.max is not None and value > c.max):
+                return False
+            if c.min is not None and value < c.min:
+                return False
+        return True
+
+    # ---- measuring ------------------------------------------------------------------------
+    def measure(self, configs: Sequence[Config], source: str, detail: str) -> list[SubnetRecord]:
+        """Accuracy, MACs, params and latency on every target of each config, once per config.
+
+        Configs the database already holds fully measured are not measured again.
+        """
+        canonical = [self.space.canonical(c) for c in configs]
+        records = {self.store.add_subnet(self.job.id, c, source).id: c for c in canonical}
+        needed = self._missing(records)
+        total, done = len(needed), 0
+        for chunk in _chunks(list(needed.items()), 8 * self.spec.search.evaluators):
+            self._measure_chunk(dict(chunk))
+            done += len(chunk)
+            self._progress(self._stage(source), done, total, f"{detail}: {done}/{total} subnets")
+        ids = [self.store.add_subnet(self.job.id, c, source).id for c in canonical]
+        by_id = {s.id: s for s in self.store.subnets(self.job.id)}
+        return [by_id[i] for i in ids]
+
+    @staticmethod
+    def _stage(source: str) -> str:
+        return "profile" if source == "profile" else "search"
+
+    def _missing(self, records: dict[int, Config]) -> dict[int, Config]:
+        keys = list(SUBNET_METRICS)
+        keys += [metric_key("latency_ms", t.name) for t in self.spec.hardware_targets]
+        complete = {s.id for s in self.store.subnets(self.job.id, require=keys)}
+        return {i: c for i, c in records.items() if i not in complete}
+
+    def _measure_chunk(self, chunk: dict[int, Config]) -> None:
+        ids, configs = list(chunk), list(chunk.values())
+        evaluators = self.spec.search.evaluators
+        parts = [configs[i::evaluators] for i in range(evaluators)]
+        task = ray.remote(num_cpus=1)(evaluate_configs)
+        futures = [
+            task.remote(self.space_data, self.spec.dataset_kwargs(), self.checkpoint, part)
+            for part in parts
+            if part
+        ]
+        results: list[dict[str, Any]] = [None] * len(configs)  # type: ignore[list-item]
+        for offset, part_results in enumerate(self._get(futures)):
+            results[offset::evaluators] = part_results
+        latencies = {t.name: self._latency(t.name, configs) for t in self.spec.hardware_targets}
+        subnets_dir = self.artifacts / "subnets"
+        subnets_dir.mkdir(parents=True, exist_ok=True)
+        for position, (subnet_id, result) in enumerate(zip(ids, results, strict=True)):
+            weights = subnets_dir / f"{subnet_id}.safetensors"
+            weights.write_bytes(result["weights"])
+            self.store.set_subnet_weights(subnet_id, str(weights))
+            rows = [Measurement(k, float(result[k])) for k in SUBNET_METRICS]
+            for name, values in latencies.items():
+                lat = values[position]
+                rows.append(
+                    Measurement(
+                        "latency_ms", lat["median_ms"], name, lat["spread_ms"], lat["repeats"]
+                    )
+                )
+            self.store.add_measurements(subnet_id, rows)
+
+    def _latency(self, target_name: str, configs: list[Config]) -> list[dict[str, float]]:
+        """One task per target, routed by the target's Ray resources, measuring in sequence."""
+        target = self.spec.target(target_name)
+        task = ray.remote(measure_latency).options(
+            num_cpus=target.threads, resources=dict(target.resources)
+        )
+        return self._get(
+            task.remote(self.space_data, configs, target.model_dump(), list(self.input_shape))
+        )
+
+    @staticmethod
+    def _get(futures: Any) -> Any:
+        """``ray.get`` that turns a worker's failure into the project's one-line error."""
+        try:
+            return ray.get(futures)
+        except ray.exceptions.RayTaskError as error:
+            cause = error.as_instanceof_cause()
+            raise ClusterError(f"a Ray task failed: {type(cause).__name__}: {cause}") from error
+
+
+def _chunks(items: list, size: int) -> list[list]:
+    return [items[i : i + size] for i in range(0, len(items), size)]

@@ -1,0 +1,86 @@
+"""Export a measured subnet as a model that runs without this project.
+
+Formats:
+
+- ``pt2``: a ``torch.export`` program (``torch.export.load(path).module()``), dynamic batch.
+- ``onnx``: an ONNX graph for onnxruntime, dynamic batch.
+- ``safetensors``: weights, ``config.json`` and the static network's source file as a loader.
+
+Every format holds exactly the network that was scored: the supernet's slice with the batch-norm
+statistics recalibrated for this subnet, and the input normalisation inside the model.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from nas.errors import NasError
+from nas.spec import JobSpec
+from nas.store import Store, SubnetRecord
+from workers.datasets import load_dataset
+from workers.evaluator import load_supernet
+
+FORMATS = ("pt2", "onnx", "safetensors")
+
+
+def load_subnet(store: Store, job_id: str, subnet_id: int) -> tuple[nn.Module, SubnetRecord]:
+    """The scored subnet of a job as a static module in eval mode, with its record."""
+    subnet = store.get_subnet(job_id, subnet_id)
+    runs = [r for r in store.training_runs(job_id) if r.status == "done"]
+    if not runs or subnet.weights_path is None:
+        raise NasError(f"subnet {subnet_id} of job '{job_id}' has not been evaluated yet")
+    space = JobSpec.model_validate(store.get_job(job_id).spec).space()
+    supernet = load_supernet({"name": space.name, "kwargs": space.describe()}, runs[-1].checkpoint_path)
+    net = supernet.extract(subnet.config)
+    try:
+        net.load_state_dict(load_file(subnet.weights_path))
+    except FileNotFoundError:
+        raise NasError(f"weights of subnet {subnet_id} are missing: {subnet.weights_path}") from None
+    return net.eval(), subnet
+
+
+def example_input(store: Store, job_id: str, batch: int = 2) -> torch.Tensor:
+    """A batch of zeros shaped like the job's dataset inputs (for tracing)."""
+    spec = JobSpec.model_validate(store.get_job(job_id).spec)
+    shape = load_dataset(**spec.dataset_kwargs()).x_train.shape[1:]
+    return torch.zeros((batch, *shape))
+
+
+def export_subnet(store: Store, job_id: str, subnet_id: int, fmt: str, out_dir: str | Path) -> Path:
+    """Write subnet ``subnet_id`` of ``job_id`` in ``fmt`` under ``out_dir``; return the model file."""
+    if fmt not in FORMATS:
+        raise NasError(f"unknown export format '{fmt}'; available: {', '.join(FORMATS)}")
+    net, subnet = load_subnet(store, job_id, subnet_id)
+    x = example_input(store, job_id)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    batch = {0: torch.export.Dim("batch", min=1, max=1 << 16)}
+    if fmt == "pt2":
+        path = out / "model.pt2"
+        torch.export.save(torch.export.export(net, (x,), dynamic_shapes=(batch,)), path)
+    elif fmt == "onnx":
+        path = out / "model.onnx"
+        torch.onnx.export(
+            net, (x,), path, input_names=["x"], output_names=["logits"],
+            dynamic_shapes=(batch,), dynamo=True, verbose=False,
+        )
+    else:
+        path = out / "model.safetensors"
+        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, path)
+        loader = Path(inspect.getsourcefile(type(net)))
+        shutil.copy(loader, out / loader.name)
+        config = {
+            "arch": net.arch,
+            "subnet": {"job": job_id, "id": subnet_id, "config": subnet.config},
+            "metrics": subnet.metrics,
+            "loader": f"from {loader.stem} import load; model = load('.')",
+        }
+        (out / "config.json").write_text(json.dumps(config, indent=2))
+    return path

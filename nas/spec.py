@@ -1,0 +1,187 @@
+"""The job spec: pydantic models of the YAML a user writes, and one loader that checks it all.
+
+Every mistake is reported before any work starts, as one line that names the field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from nas.errors import SpecError
+from search_spaces import ConfigError, SearchSpace, get_space
+from workers.datasets import dataset_names, load_dataset
+
+#: Metrics a subnet is measured on; latency depends on a hardware target (``latency_ms@cpu``).
+METRICS = {"accuracy": "max", "macs": "min", "params": "min", "latency_ms": "min"}
+TARGET_METRICS = {"latency_ms"}
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SearchSpaceSpec(Strict):
+    name: str
+    #: Narrow dimensions: ``{pattern: allowed values}``, e.g. ``{"kernel.*": [3, 5]}``.
+    choices: dict[str, list[int]] = Field(default_factory=dict)
+
+
+class DatasetSpec(Strict):
+    name: str
+    val_fraction: float = Field(0.2, gt=0.0, lt=0.5)
+    split_seed: int = 0
+
+    @field_validator("name")
+    @classmethod
+    def known(cls, name: str) -> str:
+        if name not in dataset_names():
+            raise ValueError(f"unknown dataset '{name}'; available: {', '.join(dataset_names())}")
+        return name
+
+
+class OptimizerSpec(Strict):
+    name: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = Field(0.01, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+
+
+class TrainingSpec(Strict):
+    epochs: int = Field(gt=0)
+    batch_size: int = Field(128, ge=2)
+    optimizer: OptimizerSpec = OptimizerSpec()
+    #: The sandwich rule: largest, smallest and ``random_subnets`` random subnets per step.
+    sampling: Literal["sandwich"] = "sandwich"
+    random_subnets: int = Field(2, ge=0)
+    distillation: Literal["inplace", "none"] = "inplace"
+    cpus: int = Field(1, ge=1)
+
+
+class HardwareTargetSpec(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    device: Literal["cpu"] = "cpu"
+    runtime: Literal["torch"] = "torch"
+    threads: int = Field(1, ge=1)
+    batch_size: int = Field(1, ge=1)
+    warmup: int = Field(10, ge=0)
+    repeats: int = Field(30, ge=3)
+    #: Ray resources a measurement asks for, routing it to matching nodes (``{"hw_edge": 1}``).
+    resources: dict[str, float] = Field(default_factory=dict)
+
+
+class ConstraintSpec(Strict):
+    metric: str
+    max: float | None = None
+    min: float | None = None
+
+    @model_validator(mode="after")
+    def has_bound(self) -> ConstraintSpec:
+        if self.max is None and self.min is None:
+            raise ValueError(f"constraint on '{self.metric}' needs 'max' or 'min'")
+        return self
+
+
+class SearchSpec(Strict):
+    #: Random subnets measured before the search (they also seed its first population).
+    profile_samples: int = Field(16, ge=0)
+    population: int = Field(16, ge=4)
+    generations: int = Field(5, ge=1)
+    evaluators: int = Field(2, ge=1)
+
+
+class JobSpec(Strict):
+    name: str = Field(min_length=1)
+    seed: int = 0
+    search_space: SearchSpaceSpec
+    dataset: DatasetSpec
+    training: TrainingSpec
+    hardware_targets: list[HardwareTargetSpec] = Field(min_length=1)
+    #: Two metric keys: accuracy and one cost (``macs``, ``params`` or ``latency_ms@TARGET``).
+    objectives: list[str] = Field(default=["accuracy", "macs"], min_length=2, max_length=2)
+    constraints: list[ConstraintSpec] = Field(default_factory=list)
+    search: SearchSpec = SearchSpec()
+
+    @model_validator(mode="after")
+    def consistent(self) -> JobSpec:
+        names = [t.name for t in self.hardware_targets]
+        if len(set(names)) != len(names):
+            raise ValueError(f"hardware target names must be unique, got {names}")
+        for key in [*self.objectives, *(c.metric for c in self.constraints)]:
+            check_metric_key(key, names)
+        if self.objectives[0] != "accuracy" or self.objectives[1] == "accuracy":
+            raise ValueError(
+                f"objectives must be ['accuracy', COST], got {self.objectives}"
+            )
+        return self
+
+    def space(self) -> SearchSpace:
+        """The search space, narrowed by ``choices``, sized for the dataset's inputs."""
+        splits = load_dataset(**self.dataset_kwargs())
+        return get_space(
+            self.search_space.name,
+            input_length=splits.input_length,
+            num_classes=splits.num_classes,
+            choices=self.search_space.choices,
+        )
+
+    def dataset_kwargs(self) -> dict[str, Any]:
+        return self.dataset.model_dump()
+
+    def target(self, name: str) -> HardwareTargetSpec:
+        return next(t for t in self.hardware_targets if t.name == name)
+
+
+def check_metric_key(key: str, targets: list[str]) -> None:
+    """``accuracy``, ``macs``, ``params`` or ``latency_ms@TARGET`` with a declared target."""
+    metric, _, target = key.partition("@")
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric '{metric}'; known: {', '.join(METRICS)}")
+    if (metric in TARGET_METRICS) != bool(target):
+        hint = f"'{metric}@TARGET'" if metric in TARGET_METRICS else f"'{metric}' without @"
+        raise ValueError(f"metric key '{key}' must be written {hint}")
+    if target and target not in targets:
+        raise ValueError(f"metric '{key}' names unknown hardware target '{target}'; declared: {targets}")
+
+
+def _first_error(error: ValidationError) -> str:
+    """One line from pydantic's report: the field path and its message."""
+    first = error.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "spec"
+    message = first["msg"].removeprefix("Value error, ")
+    more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
+    return f"{where}: {message}{more}"
+
+
+def parse_spec(data: Any, source: str = "spec") -> JobSpec:
+    """Validate already-parsed YAML/JSON data, including the search space and its choices."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        spec = JobSpec.model_validate(data)
+    except ValidationError as error:
+        raise SpecError(f"{source}: {_first_error(error)}") from None
+    try:
+        get_space(spec.search_space.name, choices=spec.search_space.choices)
+    except ConfigError as error:
+        raise SpecError(f"{source}: search_space: {error}") from None
+    return spec
+
+
+def load_spec(path: str | Path) -> JobSpec:
+    """Read and validate a YAML job spec file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise SpecError(f"cannot read spec {path}: {error.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or "invalid YAML"
+        raise SpecError(f"{path}: malformed YAML{where}: {problem}") from None
+    return parse_spec(data, str(path))

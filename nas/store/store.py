@@ -1,0 +1,513 @@
+"""The ``Store``: every read and write of the service's database, each in one transaction.
+
+SQLAlchemy stays in this package. Each public method runs in one ``_session``, which commits,
+rolls back on any error and closes, so a failed call leaves the database as it was. Database
+errors leave as ``StoreError`` with one line, unknown ids as ``NotFoundError``, rows as the
+frozen records of ``records.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, Select, and_, create_engine, event, func, or_, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from nas.errors import NotFoundError, StoreError
+from nas.store.models import (
+    Base,
+    CurvePointRow,
+    FrontMemberRow,
+    FrontRow,
+    JobRow,
+    MeasurementRow,
+    SubnetRow,
+    TrainingRunRow,
+    new_job_id,
+    utcnow,
+)
+from nas.store.records import (
+    JOB_STAGES,
+    JOB_STATUSES,
+    RUN_STATUSES,
+    SUBNET_SOURCES,
+    CurvePoint,
+    FrontRecord,
+    JobRecord,
+    Measurement,
+    SubnetRecord,
+    TrainingRunRecord,
+    config_key,
+    metric_key,
+    split_metric_key,
+)
+
+DEFAULT_DB_PATH = Path(".nas") / "nas.db"
+SQLITE_BUSY_TIMEOUT_MS = 30_000  # wait for a concurrent writer instead of failing at once
+POSTGRES_CONNECT_TIMEOUT_S = 10  # an unreachable host fails in seconds, not minutes
+
+
+def resolve_url(db: str | None = None) -> str:
+    """Choose the database: the ``db`` argument, else ``$NAS_DB``, else ``.nas/nas.db`` in cwd.
+
+    A value without ``://`` is a SQLite file path. Only the default location gets its directory
+    created; a directory the user named that does not exist is more likely a typo than a wish.
+    """
+    value = db or os.environ.get("NAS_DB")
+    if not value:
+        path = Path.cwd() / DEFAULT_DB_PATH
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise StoreError(f"cannot create directory {path.parent}: {err.strerror}") from err
+        return f"sqlite:///{path}"
+    if "://" not in value:
+        value = f"sqlite:///{Path(value).expanduser().absolute()}"
+    _check_sqlite_directory(value)
+    return value
+
+
+class Store:
+    """The service's database: SQLite by default, PostgreSQL (or any SQLAlchemy URL) by URL.
+
+    Construction creates missing tables and connects once, so a wrong or unreachable database
+    fails here, before any work starts. Returned records are frozen copies; holding them keeps
+    no session or connection open.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._shown_url = _hide_password(url)
+        _check_sqlite_directory(url)
+        try:
+            self._engine = _create_engine(url)
+        except (SQLAlchemyError, ImportError) as err:
+            raise StoreError(f"cannot use database URL {self._shown_url}: {_reason(err)}") from err
+        self._sessions = sessionmaker(self._engine, expire_on_commit=False)
+        try:
+            with self._errors("reach database"), self._engine.connect():
+                pass
+            with self._errors("create tables in database"):
+                Base.metadata.create_all(self._engine)
+        except StoreError:
+            self._engine.dispose()
+            raise
+
+    def __repr__(self) -> str:
+        return f"Store({self._shown_url!r})"
+
+    def close(self) -> None:
+        """Close pooled connections; the store must not be used afterwards."""
+        self._engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- jobs ---------------------------------------------------------------------------------
+
+    def create_job(self, name: str, spec: dict[str, Any]) -> JobRecord:
+        with self._session("create job") as session:
+            now = utcnow()
+            row = JobRow(
+                id=new_job_id(), name=name, spec=spec, status="pending",
+                created_at=now, updated_at=now,
+            )
+            session.add(row)
+            session.flush()
+            return _job_record(row)
+
+    def get_job(self, job_id: str) -> JobRecord:
+        with self._session("read job") as session:
+            return _job_record(_job(session, job_id))
+
+    def list_jobs(self) -> list[JobRecord]:
+        """All jobs, newest first."""
+        with self._session("list jobs") as session:
+            rows = session.scalars(select(JobRow).order_by(JobRow.created_at.desc(), JobRow.id))
+            return [_job_record(row) for row in rows]
+
+    def update_job(
+        self,
+        job_id: str,
+        *,
+        status: str | None = None,
+        stage: str | None = None,
+        stage_detail: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Change only the fields given (``None`` leaves a field as it is); bump ``updated_at``."""
+        _check_choice("status", status, JOB_STATUSES)
+        _check_choice("stage", stage, JOB_STAGES)
+        with self._session("update job") as session:
+            row = _job(session, job_id)
+            _update(row, status=status, stage=stage, stage_detail=stage_detail, error=error)
+
+    # -- training runs and learning curves ----------------------------------------------------
+
+    def create_training_run(self, job_id: str, hparams: dict[str, Any]) -> TrainingRunRecord:
+        with self._session("create training run") as session:
+            _job(session, job_id)
+            now = utcnow()
+            row = TrainingRunRow(
+                job_id=job_id, hparams=hparams, status="running", epochs_done=0,
+                created_at=now, updated_at=now,
+            )
+            session.add(row)
+            session.flush()
+            return _run_record(row)
+
+    def training_runs(self, job_id: str) -> list[TrainingRunRecord]:
+        """The job's training runs in creation order."""
+        with self._session("read training runs") as session:
+            _job(session, job_id)
+            query = select(TrainingRunRow).where(TrainingRunRow.job_id == job_id)
+            return [_run_record(row) for row in session.scalars(query.order_by(TrainingRunRow.id))]
+
+    def update_training_run(
+        self,
+        run_id: int,
+        *,
+        status: str | None = None,
+        epochs_done: int | None = None,
+        checkpoint_path: str | None = None,
+    ) -> None:
+        """Change only the fields given; bump ``updated_at``."""
+        _check_choice("status", status, RUN_STATUSES)
+        with self._session("update training run") as session:
+            row = _run(session, run_id)
+            _update(row, status=status, epochs_done=epochs_done, checkpoint_path=checkpoint_path)
+
+    def add_curve_points(self, run_id: int, epoch: int, values: dict[str, float]) -> None:
+        """Record one epoch's numbers; adding the same (epoch, name) again overwrites the value.
+
+        Select-then-write inside the transaction works alike on every backend, and the
+        controller is the only writer of its job's rows, so no race needs an upsert statement.
+        """
+        with self._session("add curve points") as session:
+            _run(session, run_id)
+            query = select(CurvePointRow).where(
+                CurvePointRow.run_id == run_id, CurvePointRow.epoch == epoch
+            )
+            existing = {row.name: row for row in session.scalars(query)}
+            for name, value in values.items():
+                if name in existing:
+                    existing[name].value = value
+                else:
+                    session.add(CurvePointRow(run_id=run_id, epoch=epoch, name=name, value=value))
+
+    def curve(self, run_id: int) -> list[CurvePoint]:
+        """The run's curve points ordered by epoch, then name."""
+        with self._session("read curve") as session:
+            _run(session, run_id)
+            query = (
+                select(CurvePointRow)
+                .where(CurvePointRow.run_id == run_id)
+                .order_by(CurvePointRow.epoch, CurvePointRow.name)
+            )
+            return [CurvePoint(row.epoch, row.name, row.value) for row in session.scalars(query)]
+
+    # -- subnets and measurements -------------------------------------------------------------
+
+    def add_subnet(self, job_id: str, config: dict[str, Any], source: str) -> SubnetRecord:
+        """Get or create the job's subnet with this config; an existing row is returned as is."""
+        _check_choice("source", source, SUBNET_SOURCES)
+        key = config_key(config)
+        with self._session("add subnet") as session:
+            _job(session, job_id)
+            row = session.scalar(
+                select(SubnetRow).where(SubnetRow.job_id == job_id, SubnetRow.config_key == key)
+            )
+            if row is None:
+                row = SubnetRow(job_id=job_id, config=config, config_key=key, source=source)
+                session.add(row)
+                session.flush()
+            return _subnet_records(session, [row], [row.id])[0]
+
+    def set_subnet_weights(self, subnet_id: int, path: str) -> None:
+        with self._session("set subnet weights") as session:
+            _subnet(session, subnet_id).weights_path = path
+
+    def add_measurements(self, subnet_id: int, measurements: Sequence[Measurement]) -> None:
+        """Write measurements; one that exists for (subnet, metric, target) is replaced."""
+        with self._session("add measurements") as session:
+            _subnet(session, subnet_id)
+            query = select(MeasurementRow).where(MeasurementRow.subnet_id == subnet_id)
+            existing = {(row.metric, row.target): row for row in session.scalars(query)}
+            for m in measurements:
+                row = existing.get((m.metric, m.target))
+                if row is None:
+                    row = MeasurementRow(subnet_id=subnet_id, metric=m.metric, target=m.target)
+                    session.add(row)
+                    existing[(m.metric, m.target)] = row
+                row.value, row.spread, row.repeats = m.value, m.spread, m.repeats
+
+    def get_subnet(self, job_id: str, subnet_id: int) -> SubnetRecord:
+        with self._session("read subnet") as session:
+            _job(session, job_id)
+            row = session.get(SubnetRow, subnet_id)
+            if row is None or row.job_id != job_id:
+                raise NotFoundError(f"unknown subnet {subnet_id} in job {job_id!r}")
+            return _subnet_records(session, [row], [subnet_id])[0]
+
+    def subnets(self, job_id: str, *, require: Sequence[str] = ()) -> list[SubnetRecord]:
+        """The job's subnets with their metrics, in creation order.
+
+        ``require`` keeps only subnets measured on every given metric key (e.g. ``accuracy``,
+        ``latency_ms@cpu``); the filter runs in SQL on the (metric, target) index.
+        """
+        keys = sorted(set(require))
+        pairs = [split_metric_key(key) for key in keys]
+        with self._session("read subnets") as session:
+            _job(session, job_id)
+            ids = select(SubnetRow.id).where(SubnetRow.job_id == job_id)
+            if pairs:
+                ids = (
+                    select(MeasurementRow.subnet_id)
+                    .where(MeasurementRow.subnet_id.in_(ids))
+                    .where(or_(*(
+                        and_(MeasurementRow.metric == metric, MeasurementRow.target == target)
+                        for metric, target in pairs
+                    )))
+                    .group_by(MeasurementRow.subnet_id)
+                    .having(func.count() == len(pairs))
+                )
+            query = select(SubnetRow).where(SubnetRow.id.in_(ids)).order_by(SubnetRow.id)
+            rows = session.scalars(query)
+            return _subnet_records(session, list(rows), ids)
+
+    # -- Pareto fronts ------------------------------------------------------------------------
+
+    def save_front(
+        self, job_id: str, target: str, objectives: Sequence[str], subnet_ids: Sequence[int]
+    ) -> None:
+        """Store the front of (job, target) in the given order, replacing any previous one.
+
+        The front row is kept and its members replaced, so the job's first front stays first.
+        """
+        repeated = sorted(i for i, count in Counter(subnet_ids).items() if count > 1)
+        if repeated:
+            raise ValueError(f"subnet_ids repeat {repeated}; a front lists each subnet once")
+        with self._session("save front") as session:
+            _job(session, job_id)
+            query = select(SubnetRow.id).where(
+                SubnetRow.job_id == job_id, SubnetRow.id.in_(subnet_ids)
+            )
+            known = set(session.scalars(query))
+            missing = [i for i in subnet_ids if i not in known]
+            if missing:
+                raise NotFoundError(f"unknown subnets {missing} in job {job_id!r}")
+            front = session.scalar(
+                select(FrontRow).where(FrontRow.job_id == job_id, FrontRow.target == target)
+            )
+            if front is None:
+                front = FrontRow(job_id=job_id, target=target)
+                session.add(front)
+            else:
+                for member in session.scalars(
+                    select(FrontMemberRow).where(FrontMemberRow.front_id == front.id)
+                ):
+                    session.delete(member)
+            front.objectives = list(objectives)
+            front.created_at = utcnow()
+            session.flush()
+            session.add_all(
+                FrontMemberRow(front_id=front.id, subnet_id=subnet_id, position=position)
+                for position, subnet_id in enumerate(subnet_ids)
+            )
+
+    def front(self, job_id: str, target: str | None = None) -> FrontRecord:
+        """The job's front for ``target``; ``None`` means its first (usually only) front."""
+        with self._session("read front") as session:
+            _job(session, job_id)
+            fronts = list(session.scalars(
+                select(FrontRow).where(FrontRow.job_id == job_id).order_by(FrontRow.id)
+            ))
+            chosen = next((f for f in fronts if target is None or f.target == target), None)
+            if chosen is None:
+                if not fronts:
+                    raise NotFoundError(f"job {job_id!r} has no Pareto front yet")
+                available = ", ".join(repr(f.target) for f in fronts)
+                raise NotFoundError(
+                    f"job {job_id!r} has no front for target {target!r}; available: {available}"
+                )
+            rows = session.scalars(
+                select(SubnetRow)
+                .join(FrontMemberRow, FrontMemberRow.subnet_id == SubnetRow.id)
+                .where(FrontMemberRow.front_id == chosen.id)
+                .order_by(FrontMemberRow.position)
+            )
+            ids = select(FrontMemberRow.subnet_id).where(FrontMemberRow.front_id == chosen.id)
+            points = _subnet_records(session, list(rows), ids)
+            return FrontRecord(job_id, chosen.target, list(chosen.objectives), points)
+
+    def front_targets(self, job_id: str) -> list[str]:
+        """Targets the job has fronts for, in the order they were first saved."""
+        with self._session("read fronts") as session:
+            _job(session, job_id)
+            query = select(FrontRow.target).where(FrontRow.job_id == job_id).order_by(FrontRow.id)
+            return list(session.scalars(query))
+
+    # -- sessions and errors ------------------------------------------------------------------
+
+    @contextmanager
+    def _errors(self, action: str) -> Iterator[None]:
+        """Turn any SQLAlchemy/DBAPI error into a one-line ``StoreError``."""
+        try:
+            yield
+        except SQLAlchemyError as err:
+            raise StoreError(f"cannot {action} {self._shown_url}: {_reason(err)}") from err
+
+    @contextmanager
+    def _session(self, action: str) -> Iterator[Session]:
+        """One transaction: commit on success, roll back on any error, always close."""
+        with self._errors(f"{action} in database"):
+            session = self._sessions()
+            try:
+                yield session
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+            finally:
+                session.close()
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def _create_engine(url: str) -> Engine:
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        engine = create_engine(parsed)
+        event.listen(engine, "connect", _configure_sqlite)
+        return engine
+    connect_args: dict[str, Any] = {}
+    if backend == "postgresql" and "connect_timeout" not in parsed.query:
+        connect_args["connect_timeout"] = POSTGRES_CONNECT_TIMEOUT_S
+    # pre-ping: a long-running controller survives a database restart between stages.
+    return create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
+
+
+def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
+    """WAL lets readers (CLI, web page) run beside the controller's writes; the busy timeout
+    makes a second writer wait instead of failing; SQLite enforces foreign keys only if asked."""
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+    finally:
+        cursor.close()
+
+
+def _check_sqlite_directory(url: str) -> None:
+    """A SQLite file in a missing directory gets a clear error instead of 'unable to open'."""
+    try:
+        parsed = make_url(url)
+    except SQLAlchemyError as err:
+        raise StoreError(f"invalid database URL {_hide_password(url)}: {_reason(err)}") from err
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return
+    if database.startswith("file:"):  # URI filenames are passed through to SQLite as they are
+        return
+    directory = Path(database).expanduser().absolute().parent
+    if not directory.is_dir():
+        raise StoreError(
+            f"directory {directory} does not exist (database {_hide_password(url)}); "
+            "create it first"
+        )
+
+
+def _hide_password(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except SQLAlchemyError:
+        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def _reason(err: BaseException) -> str:
+    """The first line of the driver's own message (SQLAlchemy's adds SQL and links)."""
+    cause = getattr(err, "orig", None) or err
+    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+    return lines[0] if lines else type(cause).__name__
+
+
+def _update(row: JobRow | TrainingRunRow, **changes: Any) -> None:
+    """Set the fields given (``None`` means unchanged) and bump ``updated_at``."""
+    for field, value in changes.items():
+        if value is not None:
+            setattr(row, field, value)
+    row.updated_at = utcnow()
+
+
+def _check_choice(name: str, value: str | None, allowed: Sequence[str]) -> None:
+    if value is not None and value not in allowed:
+        raise ValueError(f"{name}={value!r}; allowed: {', '.join(allowed)}")
+
+
+def _job(session: Session, job_id: str) -> JobRow:
+    row = session.get(JobRow, job_id)
+    if row is None:
+        raise NotFoundError(f"unknown job {job_id!r}; see `nas jobs`")
+    return row
+
+
+def _run(session: Session, run_id: int) -> TrainingRunRow:
+    row = session.get(TrainingRunRow, run_id)
+    if row is None:
+        raise NotFoundError(f"unknown training run {run_id}")
+    return row
+
+
+def _subnet(session: Session, subnet_id: int) -> SubnetRow:
+    row = session.get(SubnetRow, subnet_id)
+    if row is None:
+        raise NotFoundError(f"unknown subnet {subnet_id}")
+    return row
+
+
+def _job_record(row: JobRow) -> JobRecord:
+    return JobRecord(
+        id=row.id, name=row.name, spec=row.spec, status=row.status, stage=row.stage,
+        stage_detail=row.stage_detail, error=row.error,
+        created_at=row.created_at, updated_at=row.updated_at,
+    )
+
+
+def _run_record(row: TrainingRunRow) -> TrainingRunRecord:
+    return TrainingRunRecord(
+        id=row.id, job_id=row.job_id, hparams=row.hparams, status=row.status,
+        epochs_done=row.epochs_done, checkpoint_path=row.checkpoint_path,
+    )
+
+
+def _subnet_records(
+    session: Session, rows: list[SubnetRow], ids: Select[Any] | list[int]
+) -> list[SubnetRecord]:
+    """Attach metrics to subnet rows with one query over ``ids`` (a list or a subquery)."""
+    metrics: dict[int, dict[str, float]] = {row.id: {} for row in rows}
+    m = MeasurementRow
+    query = select(m.subnet_id, m.metric, m.target, m.value).where(m.subnet_id.in_(ids))
+    for subnet_id, metric, target, value in session.execute(query):
+        if subnet_id in metrics:
+            metrics[subnet_id][metric_key(metric, target)] = value
+    return [
+        SubnetRecord(
+            id=row.id, job_id=row.job_id, config=row.config, source=row.source,
+            weights_path=row.weights_path, metrics=metrics[row.id],
+        )
+        for row in rows
+    ]

@@ -1,0 +1,126 @@
+"""Elastic layers: one set of weights at the largest size, run at any smaller size by slicing.
+
+Each layer takes its active size as an argument of ``forward`` (nothing is stored on the
+module between calls) and can copy its active slice into a plain ``torch.nn`` layer with
+``copy_to``, which is how subnets are extracted.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def centre_crop(weight: Tensor, kernel_size: int) -> Tensor:
+    """The middle ``kernel_size`` taps of a conv weight ``(out, in, k_max)``."""
+    start = (weight.shape[-1] - kernel_size) // 2
+    return weight[..., start : start + kernel_size]
+
+
+class ElasticConv1d(nn.Module):
+    """A 1-D convolution whose input/output channels and (odd) kernel size can shrink.
+
+    Smaller kernels use the centre taps of the largest one (as in Once-for-All, without the
+    kernel transformation matrices). A depthwise layer has as many groups as active channels.
+    """
+
+    def __init__(
+        self,
+        max_in: int,
+        max_out: int,
+        max_kernel: int,
+        stride: int = 1,
+        depthwise: bool = False,
+        bias: bool = False,
+    ):
+        super().__init__()
+        if max_kernel % 2 == 0:
+            raise ValueError(f"max_kernel must be odd, got max_kernel={max_kernel}")
+        if depthwise and max_in != max_out:
+            raise ValueError(f"a depthwise layer needs max_in == max_out, got {max_in}, {max_out}")
+        self.stride = stride
+        self.depthwise = depthwise
+        fan_in = 1 if depthwise else max_in
+        self.weight = nn.Parameter(torch.empty(max_out, fan_in, max_kernel))
+        self.bias = nn.Parameter(torch.zeros(max_out)) if bias else None
+        nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
+
+    def active_weight(self, in_channels: int, out_channels: int, kernel_size: int) -> Tensor:
+        fan_in = 1 if self.depthwise else in_channels
+        return centre_crop(self.weight[:out_channels, :fan_in], kernel_size)
+
+    def forward(self, x: Tensor, out_channels: int, kernel_size: int) -> Tensor:
+        in_channels = x.shape[1]
+        if self.depthwise:
+            out_channels = in_channels
+        weight = self.active_weight(in_channels, out_channels, kernel_size)
+        bias = None if self.bias is None else self.bias[:out_channels]
+        groups = in_channels if self.depthwise else 1
+        return F.conv1d(x, weight, bias, self.stride, kernel_size // 2, groups=groups)
+
+    def copy_to(self, conv: nn.Conv1d) -> None:
+        """Copy the slice that ``conv``'s shape selects into it."""
+        kernel_size = conv.kernel_size[0]
+        with torch.no_grad():
+            conv.weight.copy_(self.active_weight(conv.in_channels, conv.out_channels, kernel_size))
+            if self.bias is not None:
+                conv.bias.copy_(self.bias[: conv.out_channels])
+
+
+class ElasticBatchNorm1d(nn.Module):
+    """Batch norm over the first ``C`` channels of its largest size.
+
+    In training mode the running statistics of the active channels are updated in place; they
+    are only a rough guide for subnets, which is why subnets are recalibrated before they are
+    evaluated.
+    """
+
+    def __init__(self, max_features: int, momentum: float = 0.1, eps: float = 1e-5):
+        super().__init__()
+        self.momentum = momentum
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(max_features))
+        self.bias = nn.Parameter(torch.zeros(max_features))
+        self.register_buffer("running_mean", torch.zeros(max_features))
+        self.register_buffer("running_var", torch.ones(max_features))
+
+    def forward(self, x: Tensor) -> Tensor:
+        c = x.shape[1]
+        return F.batch_norm(
+            x,
+            self.running_mean[:c],
+            self.running_var[:c],
+            self.weight[:c],
+            self.bias[:c],
+            self.training,
+            self.momentum,
+            self.eps,
+        )
+
+    def copy_to(self, bn: nn.BatchNorm1d) -> None:
+        c = bn.num_features
+        with torch.no_grad():
+            bn.weight.copy_(self.weight[:c])
+            bn.bias.copy_(self.bias[:c])
+            bn.running_mean.copy_(self.running_mean[:c])
+            bn.running_var.copy_(self.running_var[:c])
+
+
+
+class ElasticLinear(nn.Module):
+    """A linear layer whose input features can shrink (the classifier after an elastic width)."""
+
+    def __init__(self, max_in: int, out_features: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_features, max_in))
+        self.bias = nn.Parameter(torch.zeros(out_features))
+        nn.init.kaiming_uniform_(self.weight, a=5**0.5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight[:, : x.shape[1]], self.bias)
+
+    def copy_to(self, linear: nn.Linear) -> None:
+        with torch.no_grad():
+            linear.weight.copy_(self.weight[:, : linear.in_features])
+            linear.bias.copy_(self.bias)

@@ -1,0 +1,79 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from uuid import uuid4
+
+import psycopg
+import pytest
+from psycopg import sql
+from sqlalchemy import create_engine
+from sqlalchemy.engine import URL, make_url
+
+from nas.store import Store
+from nas.store.models import Base
+
+# =============================================================================================
+# Store fixtures: every store test runs on SQLite and on a real PostgreSQL.
+#
+# PostgreSQL is required, not optional: CI has it, so an unreachable server fails the tests
+# instead of skipping them. Point NAS_TEST_POSTGRES at another server if needed (any database
+# the user may connect to; a fresh one is created beside it for the session and dropped after).
+# =============================================================================================
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "NAS_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+def _libpq(url: URL) -> str:
+    """The same URL as psycopg itself understands it (no '+driver')."""
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, dropped at the end."""
+    admin = make_url(POSTGRES_ADMIN_URL)
+    name = f"nas_test_{uuid4().hex[:10]}"
+    try:
+        with psycopg.connect(_libpq(admin), autocommit=True, connect_timeout=5) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    except psycopg.Error as err:
+        pytest.fail(
+            f"PostgreSQL at {admin.render_as_string()} is needed for the store tests "
+            f"(set NAS_TEST_POSTGRES): {err}",
+            pytrace=False,
+        )
+    yield admin.set(database=name).render_as_string(hide_password=False)
+    with psycopg.connect(_libpq(admin), autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database of each backend: a new SQLite file, or the session's PostgreSQL
+    database with its tables dropped so that every test starts from nothing."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'nas.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    engine = create_engine(url)
+    try:
+        Base.metadata.drop_all(engine)
+    finally:
+        engine.dispose()
+    return url
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[Store]:
+    with Store(store_url) as opened:
+        yield opened
+
+
+# ============================================================================ end store fixtures
