@@ -1,6 +1,8 @@
 """Connecting to Ray: a local instance by default, a running cluster by address.
 
-A local instance binds to 127.0.0.1 and keeps its dashboard off. Ray's token authentication
+A local instance runs without the dashboard UI; what remains of the dashboard process listens on
+127.0.0.1 only. (Ray's own services advertise this machine's address: Ray deliberately turns
+"127.0.0.1" into it so that other nodes could join.) Ray's token authentication
 stays on: Ray itself reads the token from ``RAY_AUTH_TOKEN`` or ``~/.ray/auth_token`` (and
 writes one there when it starts a local instance).
 """
@@ -9,12 +11,25 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import ray
 
 from nas.errors import ClusterError
+
+
+def check_reachable(address: str, timeout_s: float = 3.0) -> None:
+    """Fail fast on a ``host:port`` nobody listens on (Ray itself retries for minutes)."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or "://" in address:
+        return  # "auto", "ray://..." and other forms are left to Ray
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as error:
+        reason = error.strerror or str(error) or type(error).__name__
+        raise ClusterError(f"cannot reach Ray cluster at {address}: {reason.lower()}") from None
 
 
 @contextmanager
@@ -26,12 +41,13 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
     options = {"logging_level": logging.WARNING, "log_to_driver": False}
     try:
         if address:
+            check_reachable(address)
             ray.init(address=address, **options)
         else:
             ray.init(
                 num_cpus=num_cpus or os.cpu_count(),
                 include_dashboard=False,
-                _node_ip_address="127.0.0.1",
+                dashboard_host="127.0.0.1",
                 **options,
             )
     except (ConnectionError, RuntimeError, ValueError) as error:

@@ -53,6 +53,43 @@ def example_input(store: Store, job_id: str, batch: int = 2) -> torch.Tensor:
     return torch.zeros((batch, *shape))
 
 
+def dynamic_batch() -> dict[int, torch.export.Dim]:
+    return {0: torch.export.Dim("batch", min=1, max=1 << 16)}
+
+
+def write_pt2(net: nn.Module, x: torch.Tensor, path: Path) -> None:
+    """A ``torch.export`` program with a dynamic batch dimension."""
+    torch.export.save(torch.export.export(net, (x,), dynamic_shapes=(dynamic_batch(),)), path)
+
+
+def write_onnx(net: nn.Module, x: torch.Tensor, path: Path) -> None:
+    """An ONNX graph (input ``x``, output ``logits``) with a dynamic batch dimension."""
+    program = torch.export.export(net, (x,), dynamic_shapes=(dynamic_batch(),))
+    torch.onnx.export(
+        program, (x,), path, input_names=["x"], output_names=["logits"], dynamo=True,
+        verbose=False,
+    )
+
+
+def write_safetensors(net: nn.Module, directory: Path, about: dict) -> Path:
+    """Weights, ``config.json`` (``arch`` plus ``about``) and the static network's source file.
+
+    The static network's module imports only torch and defines ``load(directory)``, so the
+    folder alone rebuilds the model.
+    """
+    path = directory / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, path)
+    loader = Path(inspect.getsourcefile(type(net)))
+    shutil.copy(loader, directory / loader.name)
+    config = {
+        "arch": net.arch,
+        **about,
+        "usage": f"from {loader.stem} import load; model = load(directory)",
+    }
+    (directory / "config.json").write_text(json.dumps(config, indent=2))
+    return path
+
+
 def export_subnet(store: Store, job_id: str, subnet_id: int, fmt: str, out_dir: str | Path) -> Path:
     """Write subnet ``subnet_id`` of ``job_id`` in ``fmt`` under ``out_dir``; return the model file."""
     if fmt not in FORMATS:
@@ -61,26 +98,14 @@ def export_subnet(store: Store, job_id: str, subnet_id: int, fmt: str, out_dir: 
     x = example_input(store, job_id)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    batch = {0: torch.export.Dim("batch", min=1, max=1 << 16)}
     if fmt == "pt2":
-        path = out / "model.pt2"
-        torch.export.save(torch.export.export(net, (x,), dynamic_shapes=(batch,)), path)
-    elif fmt == "onnx":
-        path = out / "model.onnx"
-        torch.onnx.export(
-            net, (x,), path, input_names=["x"], output_names=["logits"],
-            dynamic_shapes=(batch,), dynamo=True, verbose=False,
-        )
-    else:
-        path = out / "model.safetensors"
-        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, path)
-        loader = Path(inspect.getsourcefile(type(net)))
-        shutil.copy(loader, out / loader.name)
-        config = {
-            "arch": net.arch,
-            "subnet": {"job": job_id, "id": subnet_id, "config": subnet.config},
-            "metrics": subnet.metrics,
-            "loader": f"from {loader.stem} import load; model = load('.')",
-        }
-        (out / "config.json").write_text(json.dumps(config, indent=2))
-    return path
+        write_pt2(net, x, out / "model.pt2")
+        return out / "model.pt2"
+    if fmt == "onnx":
+        write_onnx(net, x, out / "model.onnx")
+        return out / "model.onnx"
+    about = {
+        "subnet": {"job": job_id, "id": subnet_id, "config": subnet.config},
+        "metrics": subnet.metrics,
+    }
+    return write_safetensors(net, out, about)

@@ -197,7 +197,12 @@ class Supernet(nn.Module, ABC):
 
     @abstractmethod
     def extract(self, config: Mapping[str, int]) -> nn.Module:
-        """A static ``nn.Module`` with copied weights, equal to ``forward(x, config)`` in eval."""
+        """A static ``nn.Module`` with copied weights, equal to ``forward(x, config)`` in eval.
+
+        The static network's class lives in a module that imports only torch and defines
+        ``load(directory)``; the network carries its description as a plain ``arch`` dict. That
+        is what lets an export run without this project.
+        """
 
     @abstractmethod
     def macs(self, config: Mapping[str, int]) -> int:

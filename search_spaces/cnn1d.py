@@ -24,13 +24,13 @@ from search_spaces.base import Dimension, SearchSpace, Supernet, register_space
 from search_spaces.elastic import ElasticBatchNorm1d, ElasticConv1d, ElasticLinear
 from search_spaces.standalone.cnn1d_net import Block, Cnn1dNet
 
-STEM_WIDTH = 32
+STEM_WIDTH = 16
 STEM_KERNEL = 5
-STAGE_WIDTHS = ((16, 24, 32), (24, 36, 48), (32, 48, 64))
+STAGE_WIDTHS = ((8, 16, 24), (16, 24, 32), (24, 40, 64))
 STAGE_STRIDE = 2
 DEPTHS = (1, 2, 3)
 KERNELS = (3, 5, 7)
-EXPANDS = (2, 4, 6)
+EXPANDS = (1, 2, 4, 6)
 
 
 @register_space("cnn1d")

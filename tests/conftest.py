@@ -77,3 +77,33 @@ def store(store_url: str) -> Iterator[Store]:
 
 
 # ============================================================================ end store fixtures
+
+
+# =============================================================================================
+# Shared fixtures for job specs and Ray.
+# =============================================================================================
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE_SPEC = REPO / "examples" / "mnist1d.yaml"
+
+
+def tiny_spec(**overrides: object) -> dict:
+    """The example spec shrunk to a few seconds of work (two epochs, a handful of subnets)."""
+    import yaml
+
+    spec = yaml.safe_load(EXAMPLE_SPEC.read_text())
+    spec["name"] = "tiny"
+    spec["training"].update(epochs=2, batch_size=256, random_subnets=1, cpus=1)
+    spec["hardware_targets"][0].update(warmup=2, repeats=5)
+    spec["search"].update(profile_samples=3, population=4, generations=2, evaluators=2)
+    spec.update(overrides)
+    return spec
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[None]:
+    """One local Ray instance for the whole test session (it takes seconds to start)."""
+    from nas.cluster import ray_session
+
+    with ray_session(num_cpus=2):
+        yield

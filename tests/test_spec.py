@@ -1,0 +1,83 @@
+"""Job spec validation: the example loads, and every kind of mistake is named in one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nas.errors import SpecError
+from nas.spec import load_spec, parse_spec
+from tests.conftest import EXAMPLE_SPEC, tiny_spec
+
+
+def test_example_spec_loads_and_builds_its_space() -> None:
+    spec = load_spec(EXAMPLE_SPEC)
+    space = spec.space()
+    assert space.name == "cnn1d"
+    assert spec.objectives == ["accuracy", "macs"]
+    assert spec.target("cpu").threads == 1
+    assert space.validate(space.max()) == space.max()
+
+
+def error_of(data: object) -> str:
+    with pytest.raises(SpecError) as caught:
+        parse_spec(data, "job.yaml")
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+def test_malformed_yaml_names_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\nsearch_space: [cnn1d\n")
+    with pytest.raises(SpecError, match=r"malformed YAML at line \d+"):
+        load_spec(path)
+
+
+def test_missing_file() -> None:
+    with pytest.raises(SpecError, match="cannot read spec"):
+        load_spec("/nonexistent/spec.yaml")
+
+
+def test_top_level_must_be_mapping() -> None:
+    assert "expected a mapping" in error_of(["a", "b"])
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"search_space": {"name": "resnet9000"}}, "unknown search space 'resnet9000'; registered: cnn1d"),
+        ({"search_space": {"name": "cnn1d", "choices": {"nope.*": [1]}}}, "unknown dimension 'nope.*'"),
+        ({"search_space": {"name": "cnn1d", "choices": {"kernel.*": [4]}}}, "value 4 is not a choice of dimension 'kernel.1.1'; allowed: [3, 5, 7]"),
+        ({"dataset": {"name": "imagenet"}}, "unknown dataset 'imagenet'"),
+        ({"objectives": ["accuracy", "latency_ms@gpu"]}, "unknown hardware target 'gpu'"),
+        ({"objectives": ["accuracy", "latency_ms"]}, "must be written 'latency_ms@TARGET'"),
+        ({"objectives": ["accuracy", "flops"]}, "unknown metric 'flops'"),
+        ({"constraints": [{"metric": "macs"}]}, "needs 'max' or 'min'"),
+        ({"colour": "blue"}, "colour: Extra inputs are not permitted"),
+    ],
+)
+def test_bad_spec_is_named(change: dict, expected: str) -> None:
+    message = error_of(tiny_spec(**change))
+    assert message.startswith("job.yaml: ")
+    assert expected in message
+
+
+def test_bad_field_value_names_the_path() -> None:
+    spec = tiny_spec()
+    spec["training"]["epochs"] = 0
+    assert "training.epochs: Input should be greater than 0" in error_of(spec)
+
+
+def test_duplicate_targets_rejected() -> None:
+    spec = tiny_spec()
+    spec["hardware_targets"] = spec["hardware_targets"] * 2
+    assert "hardware target names must be unique" in error_of(spec)
+
+
+def test_round_trip_through_json_is_identical() -> None:
+    spec = load_spec(EXAMPLE_SPEC)
+    again = parse_spec(yaml.safe_load(yaml.safe_dump(spec.model_dump(mode="json"))))
+    assert again == spec
