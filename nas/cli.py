@@ -79,9 +79,7 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
         subnets = store.subnets(job.id)
     status = {
         **job_json(job),
-        "training": [
-            {"id": r.id, "status": r.status, "epochs_done": r.epochs_done} for r in runs
-        ],
+        "training": [{"id": r.id, "status": r.status, "epochs_done": r.epochs_done} for r in runs],
         "last_curve_point": {p.name: p.value for p in curve if p.epoch == curve[-1].epoch}
         if curve
         else {},
@@ -94,8 +92,10 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
     stages = ("train", "profile", "search", "front", "done")
     reached = stages.index(job.stage) if job.stage in stages else -1
     for i, stage in enumerate(stages[:-1]):
-        mark = "done" if i < reached or job.status == "done" else (
-            job.status if i == reached else "waiting"
+        mark = (
+            "done"
+            if i < reached or job.status == "done"
+            else (job.status if i == reached else "waiting")
         )
         detail = job.stage_detail if i == reached and job.status != "done" else ""
         console.print(f"  {stage:<8} {mark:<8} {detail or ''}", highlight=False)
@@ -184,8 +184,12 @@ class _progress_bars:
 
     def __init__(self, console: Console):
         self.progress = Progress(
-            TextColumn("{task.description:<8}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console,
+            TextColumn("{task.description:<8}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[detail]}"),
+            TimeElapsedColumn(),
+            console=console,
         )
         self.tasks: dict[str, Any] = {}
 
@@ -205,14 +209,18 @@ class _progress_bars:
 # ---- entry point -----------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--db", help="database URL or SQLite file (default: $NAS_DB or .nas/nas.db)")
+    common.add_argument(
+        "--db", help="database URL or SQLite file (default: $NAS_DB or .nas/nas.db)"
+    )
     parser = argparse.ArgumentParser(prog="nas", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", parents=[common], help="run a search job from a YAML spec")
     run.add_argument("spec")
     run.add_argument("--address", help="Ray cluster address (default: start a local instance)")
-    run.add_argument("--artifacts", help="artifact directory (default: $NAS_ARTIFACTS or beside the db)")
+    run.add_argument(
+        "--artifacts", help="artifact directory (default: $NAS_ARTIFACTS or beside the db)"
+    )
     run.add_argument("--json", action="store_true", help="print the final front as JSON")
     run.set_defaults(handler=cmd_run)
 

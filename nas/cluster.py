@@ -52,7 +52,9 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
             )
     except (ConnectionError, RuntimeError, ValueError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ClusterError(f"cannot connect to Ray at {address or 'a new local instance'}: {first}") from None
+        raise ClusterError(
+            f"cannot connect to Ray at {address or 'a new local instance'}: {first}"
+        ) from None
     try:
         yield
     finally:

@@ -86,8 +86,8 @@ class Controller:
         """Train the supernet (resuming from its checkpoint), one curve point per epoch."""
         training = self.spec.training
         runs = self.store.training_runs(self.job.id)
-        run = runs[-1] if runs else self.store.create_training_run(
-            self.job.id, training.model_dump()
+        run = (
+            runs[-1] if runs else self.store.create_training_run(self.job.id, training.model_dump())
         )
         if run.status == "done":
             self.checkpoint = run.checkpoint_path
@@ -115,7 +115,8 @@ class Controller:
                 self.store.update_training_run(
                     run.id, epochs_done=epoch, checkpoint_path=checkpoint
                 )
-                detail = f"epoch {epoch}/{training.epochs}, largest val acc {values['val_acc/largest']:.3f}"
+                largest = values["val_acc/largest"]
+                detail = f"epoch {epoch}/{training.epochs}, largest val acc {largest:.3f}"
                 self._progress("train", epoch, training.epochs, detail)
         finally:
             ray.kill(trainer)

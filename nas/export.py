@@ -37,12 +37,16 @@ def load_subnet(store: Store, job_id: str, subnet_id: int) -> tuple[nn.Module, S
     if not runs or subnet.weights_path is None:
         raise NasError(f"subnet {subnet_id} of job '{job_id}' has not been evaluated yet")
     space = JobSpec.model_validate(store.get_job(job_id).spec).space()
-    supernet = load_supernet({"name": space.name, "kwargs": space.describe()}, runs[-1].checkpoint_path)
+    supernet = load_supernet(
+        {"name": space.name, "kwargs": space.describe()}, runs[-1].checkpoint_path
+    )
     net = supernet.extract(subnet.config)
     try:
         net.load_state_dict(load_file(subnet.weights_path))
     except FileNotFoundError:
-        raise NasError(f"weights of subnet {subnet_id} are missing: {subnet.weights_path}") from None
+        raise NasError(
+            f"weights of subnet {subnet_id} are missing: {subnet.weights_path}"
+        ) from None
     return net.eval(), subnet
 
 
@@ -66,7 +70,12 @@ def write_onnx(net: nn.Module, x: torch.Tensor, path: Path) -> None:
     """An ONNX graph (input ``x``, output ``logits``) with a dynamic batch dimension."""
     program = torch.export.export(net, (x,), dynamic_shapes=(dynamic_batch(),))
     torch.onnx.export(
-        program, (x,), path, input_names=["x"], output_names=["logits"], dynamo=True,
+        program,
+        (x,),
+        path,
+        input_names=["x"],
+        output_names=["logits"],
+        dynamo=True,
         verbose=False,
     )
 
@@ -91,7 +100,7 @@ def write_safetensors(net: nn.Module, directory: Path, about: dict) -> Path:
 
 
 def export_subnet(store: Store, job_id: str, subnet_id: int, fmt: str, out_dir: str | Path) -> Path:
-    """Write subnet ``subnet_id`` of ``job_id`` in ``fmt`` under ``out_dir``; return the model file."""
+    """Write a job's subnet in ``fmt`` under ``out_dir``; return the model file's path."""
     if fmt not in FORMATS:
         raise NasError(f"unknown export format '{fmt}'; available: {', '.join(FORMATS)}")
     net, subnet = load_subnet(store, job_id, subnet_id)

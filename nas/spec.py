@@ -112,9 +112,7 @@ class JobSpec(Strict):
         for key in [*self.objectives, *(c.metric for c in self.constraints)]:
             check_metric_key(key, names)
         if self.objectives[0] != "accuracy" or self.objectives[1] == "accuracy":
-            raise ValueError(
-                f"objectives must be ['accuracy', COST], got {self.objectives}"
-            )
+            raise ValueError(f"objectives must be ['accuracy', COST], got {self.objectives}")
         return self
 
     def space(self) -> SearchSpace:
@@ -143,7 +141,9 @@ def check_metric_key(key: str, targets: list[str]) -> None:
         hint = f"'{metric}@TARGET'" if metric in TARGET_METRICS else f"'{metric}' without @"
         raise ValueError(f"metric key '{key}' must be written {hint}")
     if target and target not in targets:
-        raise ValueError(f"metric '{key}' names unknown hardware target '{target}'; declared: {targets}")
+        raise ValueError(
+            f"metric '{key}' names unknown hardware target '{target}'; declared: {targets}"
+        )
 
 
 def _first_error(error: ValidationError) -> str:

@@ -68,7 +68,7 @@ class SearchSpace(ABC):
     # ---- what each space must say -------------------------------------------------------
     @abstractmethod
     def is_active(self, config: Mapping[str, int], dimension: str) -> bool:
-        """Whether ``dimension`` changes the network under ``config`` (e.g. a block beyond depth)."""
+        """Whether ``dimension`` changes the network under ``config`` (not a block past depth)."""
 
     @abstractmethod
     def build_supernet(self, **kwargs: Any) -> Supernet:
@@ -116,9 +116,12 @@ class SearchSpace(ABC):
                 f"unknown dimension '{unknown[0]}' for search space '{self.name}'; "
                 f"dimensions: {self.dimension_summary()}"
             )
-        missing = [d.name for d in self.dimensions if d.name not in config]
+        missing = [d for d in self.dimensions if d.name not in config]
         if missing:
-            raise ConfigError(f"config is missing dimension '{missing[0]}'")
+            raise ConfigError(
+                f"config is missing dimension '{missing[0].name}'; "
+                f"allowed: {list(missing[0].choices)}"
+            )
         for d in self.dimensions:
             d.index(config[d.name])
         return {d.name: int(config[d.name]) for d in self.dimensions}
@@ -157,6 +160,8 @@ class SearchSpace(ABC):
             )
         config = {}
         for d, i in zip(self.dimensions, vector, strict=True):
+            if int(i) != i:
+                raise ConfigError(f"index {i!r} for dimension '{d.name}' is not an integer")
             if not 0 <= int(i) < len(d.choices):
                 raise ConfigError(f"index {int(i)} is out of range for dimension '{d.name}'")
             config[d.name] = d.choices[int(i)]

@@ -24,7 +24,7 @@ from search_spaces.base import Dimension, SearchSpace, Supernet, register_space
 from search_spaces.elastic import ElasticBatchNorm1d, ElasticConv1d, ElasticLinear
 from search_spaces.standalone.cnn1d_net import Block, Cnn1dNet
 
-STEM_WIDTH = 16
+STEM_WIDTH = 32
 STEM_KERNEL = 5
 STAGE_WIDTHS = ((8, 16, 24), (16, 24, 32), (24, 40, 64))
 STAGE_STRIDE = 2
@@ -183,4 +183,3 @@ def arch_macs(arch: dict) -> int:
             total += block["mid"] * stage["out"] * out_length  # project
             channels, length = stage["out"], out_length
     return total + channels * arch["num_classes"]
-

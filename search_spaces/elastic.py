@@ -107,7 +107,6 @@ class ElasticBatchNorm1d(nn.Module):
             bn.running_var.copy_(self.running_var[:c])
 
 
-
 class ElasticLinear(nn.Module):
     """A linear layer whose input features can shrink (the classifier after an elastic width)."""
 

@@ -9,12 +9,15 @@ from uuid import uuid4
 
 import psycopg
 import pytest
+import torch
 from psycopg import sql
 from sqlalchemy import create_engine
 from sqlalchemy.engine import URL, make_url
 
 from nas.store import Store
 from nas.store.models import Base
+from search_spaces import SearchSpace, Supernet, get_space
+from tests.supernets import randomised_supernet
 
 # =============================================================================================
 # Store fixtures: every store test runs on SQLite and on a real PostgreSQL.
@@ -107,3 +110,29 @@ def ray_cluster() -> Iterator[None]:
 
     with ray_session(num_cpus=2):
         yield
+
+
+# =============================================================================================
+# Search-space fixtures.
+# =============================================================================================
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny tensors: one thread is faster and does not thrash on a busy CI machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def space() -> SearchSpace:
+    return get_space("cnn1d")
+
+
+@pytest.fixture(scope="module")
+def supernet(space: SearchSpace) -> Supernet:
+    return randomised_supernet(space)

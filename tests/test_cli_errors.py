@@ -17,7 +17,10 @@ from tests.conftest import tiny_spec
 
 def nas(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "nas.cli", *args], cwd=cwd, capture_output=True, text=True,
+        [sys.executable, "-m", "nas.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
         timeout=120,
     )
 
@@ -94,7 +97,12 @@ def test_unreachable_cluster(workdir: tuple[Path, Path, str]) -> None:
     directory, db, _ = workdir
     before = dump(db)
     result = nas(
-        "run", write_spec(directory, spec_with()), "--db", str(db), "--address", "127.0.0.1:1",
+        "run",
+        write_spec(directory, spec_with()),
+        "--db",
+        str(db),
+        "--address",
+        "127.0.0.1:1",
         cwd=directory,
     )
     assert_user_error(result, "cannot reach Ray cluster at 127.0.0.1:1")
@@ -121,7 +129,9 @@ def test_unknown_job(workdir: tuple[Path, Path, str], command: list[str]) -> Non
 def test_unknown_subnet(workdir: tuple[Path, Path, str]) -> None:
     directory, db, job = workdir
     before = dump(db)
-    result = nas("export", job, "999", "--format", "onnx", "-o", "out", "--db", str(db), cwd=directory)
+    result = nas(
+        "export", job, "999", "--format", "onnx", "-o", "out", "--db", str(db), cwd=directory
+    )
     assert_user_error(result, f"unknown subnet 999 in job '{job}'")
     assert dump(db) == before
 

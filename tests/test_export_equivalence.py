@@ -6,74 +6,34 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import onnxruntime
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
-from torch import nn
 
 from nas.export import write_onnx, write_pt2, write_safetensors
-from search_spaces import Supernet, get_space
+from search_spaces import Supernet
 from search_spaces.base import SearchSpace
-from search_spaces.elastic import ElasticBatchNorm1d
+from tests.supernets import INPUT_LENGTH, signals
 
-INPUT_LENGTH = 40
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-
-
-def randomised_supernet(space: SearchSpace, seed: int = 0) -> Supernet:
-    """A supernet in eval mode with random weights, batch-norm statistics and affine params,
-    and input normalisation that is not the identity."""
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        supernet = space.build_supernet(input_mean=0.3, input_std=1.7)
-    generator = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for module in supernet.modules():
-            if isinstance(module, (ElasticBatchNorm1d, nn.BatchNorm1d)):
-                n = module.running_mean.numel()
-                module.running_mean.copy_(0.5 * torch.randn(n, generator=generator))
-                module.running_var.copy_(0.5 + 1.5 * torch.rand(n, generator=generator))
-                module.weight.copy_(0.5 + torch.rand(n, generator=generator))
-                module.bias.copy_(0.5 * torch.randn(n, generator=generator))
-        supernet.classifier.bias.copy_(torch.randn(space.num_classes, generator=generator))
-    return supernet.eval()
-
-
-def signals(batch: int, seed: int) -> torch.Tensor:
-    return torch.randn(batch, INPUT_LENGTH, generator=torch.Generator().manual_seed(seed))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny tensors: one thread is faster and does not thrash on a busy CI machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def space() -> SearchSpace:
-    return get_space("cnn1d")
-
-
-@pytest.fixture(scope="module")
-def supernet(space: SearchSpace) -> Supernet:
-    return randomised_supernet(space)
 
 
 # -- pt2 and onnx -------------------------------------------------------------------------------
 
 
-@settings(max_examples=50, deadline=None, derandomize=True, database=None)
+# a seed does not shrink into anything simpler, and each example takes seconds: no shrinking
+@settings(
+    max_examples=50,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    phases=(Phase.explicit, Phase.generate),
+)
 @given(seed=st.integers(min_value=0, max_value=2**32 - 1))
 def test_pt2_and_onnx_match_the_extracted_subnet(
     space: SearchSpace, supernet: Supernet, tmp_path_factory: pytest.TempPathFactory, seed: int
@@ -158,6 +118,10 @@ def test_safetensors_folder_runs_without_the_project(
 ) -> None:
     config = space.max() if which == "max" else space.sample(np.random.default_rng(2024))
     net = supernet.extract(config)
+    x = signals(6, 3)
+    with torch.no_grad():
+        expected = net(x).numpy()
+        torch.testing.assert_close(supernet(x, config).numpy(), expected, rtol=0, atol=1e-5)
     about = {"subnet": {"job": "job-1", "id": 7, "config": config}}
     path = write_safetensors(net, tmp_path, about)
     assert path == tmp_path / "model.safetensors" and path.is_file()
@@ -168,12 +132,9 @@ def test_safetensors_folder_runs_without_the_project(
     assert written["subnet"] == about["subnet"]
     assert "load" in written["usage"]
 
-    x = signals(6, 3)
     np.save(tmp_path / "x.npy", x.numpy())
     result = run_standalone(tmp_path, RUN_MODEL)
     assert result.returncode == 0, result.stderr
-    with torch.no_grad():
-        expected = net(x).numpy()
     np.testing.assert_allclose(np.load(tmp_path / "logits.npy"), expected, rtol=0, atol=1e-5)
 
 

@@ -90,7 +90,9 @@ def test_front_json_holds_measured_non_dominated_points(job: dict, store: Store)
         assert set(p) == {"subnet", "config", "metrics"}
         assert p["metrics"] == measured[p["subnet"]]
         values.append([p["metrics"]["accuracy"], p["metrics"]["macs"]])
-    everyone = minimisation_matrix([[m["accuracy"], m["macs"]] for m in measured.values()], ["max", "min"])
+    everyone = minimisation_matrix(
+        [[m["accuracy"], m["macs"]] for m in measured.values()], ["max", "min"]
+    )
     for row in minimisation_matrix(values, ["max", "min"]):
         dominated = np.all(everyone <= row, axis=1) & np.any(everyone < row, axis=1)
         assert not dominated.any()
@@ -137,7 +139,9 @@ FRESH_PROCESS = textwrap.dedent(
 )
 
 
-def test_exported_pt2_reproduces_stored_test_accuracy(job: dict, store: Store, tmp_path: Path) -> None:
+def test_exported_pt2_reproduces_stored_test_accuracy(
+    job: dict, store: Store, tmp_path: Path
+) -> None:
     splits = load_dataset("mnist1d")
     np.save(tmp_path / "x.npy", splits.x_test)
     np.save(tmp_path / "y.npy", splits.y_test)
@@ -146,9 +150,19 @@ def test_exported_pt2_reproduces_stored_test_accuracy(job: dict, store: Store, t
         args = ["export", job["id"], str(point["subnet"]), "--format", "pt2", "-o", str(out)]
         assert main([*args, "--db", str(job["db"])]) == 0
         result = subprocess.run(
-            [sys.executable, "-I", "-c", FRESH_PROCESS, str(out / "model.pt2"),
-             str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
-            capture_output=True, text=True, cwd=tmp_path, check=True,
+            [
+                sys.executable,
+                "-I",
+                "-c",
+                FRESH_PROCESS,
+                str(out / "model.pt2"),
+                str(tmp_path / "x.npy"),
+                str(tmp_path / "y.npy"),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            check=True,
         )
         accuracy = float(result.stdout.strip())
         assert abs(accuracy - point["metrics"]["test_accuracy"]) <= 0.002
@@ -157,8 +171,22 @@ def test_exported_pt2_reproduces_stored_test_accuracy(job: dict, store: Store, t
 def test_onnx_and_safetensors_exports_agree_with_pt2(job: dict, tmp_path: Path) -> None:
     subnet = str(job["front"]["points"][0]["subnet"])
     for fmt in ("pt2", "onnx", "safetensors"):
-        assert main(["export", job["id"], subnet, "--format", fmt, "-o", str(tmp_path / fmt),
-                     "--db", str(job["db"])]) == 0
+        assert (
+            main(
+                [
+                    "export",
+                    job["id"],
+                    subnet,
+                    "--format",
+                    fmt,
+                    "-o",
+                    str(tmp_path / fmt),
+                    "--db",
+                    str(job["db"]),
+                ]
+            )
+            == 0
+        )
     x = load_dataset("mnist1d").x_test[:7]
     expected = torch.export.load(tmp_path / "pt2" / "model.pt2").module()(torch.from_numpy(x))
     session = onnxruntime.InferenceSession(str(tmp_path / "onnx" / "model.onnx"))

@@ -48,9 +48,18 @@ def test_top_level_must_be_mapping() -> None:
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
-        ({"search_space": {"name": "resnet9000"}}, "unknown search space 'resnet9000'; registered: cnn1d"),
-        ({"search_space": {"name": "cnn1d", "choices": {"nope.*": [1]}}}, "unknown dimension 'nope.*'"),
-        ({"search_space": {"name": "cnn1d", "choices": {"kernel.*": [4]}}}, "value 4 is not a choice of dimension 'kernel.1.1'; allowed: [3, 5, 7]"),
+        (
+            {"search_space": {"name": "resnet9000"}},
+            "unknown search space 'resnet9000'; registered: cnn1d",
+        ),
+        (
+            {"search_space": {"name": "cnn1d", "choices": {"nope.*": [1]}}},
+            "unknown dimension 'nope.*'",
+        ),
+        (
+            {"search_space": {"name": "cnn1d", "choices": {"kernel.*": [4]}}},
+            "value 4 is not a choice of dimension 'kernel.1.1'; allowed: [3, 5, 7]",
+        ),
         ({"dataset": {"name": "imagenet"}}, "unknown dataset 'imagenet'"),
         ({"objectives": ["accuracy", "latency_ms@gpu"]}, "unknown hardware target 'gpu'"),
         ({"objectives": ["accuracy", "latency_ms"]}, "must be written 'latency_ms@TARGET'"),

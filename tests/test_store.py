@@ -134,11 +134,14 @@ def test_set_subnet_weights(store: Store) -> None:
 def test_measurements_upsert_and_metric_keys(store: Store) -> None:
     job = store.create_job("demo", {})
     subnet = store.add_subnet(job.id, CONFIG, "profile")
-    store.add_measurements(subnet.id, [
-        Measurement("accuracy", 0.5),
-        Measurement("latency_ms", 3.0, target="cpu", spread=0.2, repeats=20),
-        Measurement("latency_ms", 1.0, target="gpu"),
-    ])
+    store.add_measurements(
+        subnet.id,
+        [
+            Measurement("accuracy", 0.5),
+            Measurement("latency_ms", 3.0, target="cpu", spread=0.2, repeats=20),
+            Measurement("latency_ms", 1.0, target="gpu"),
+        ],
+    )
     store.add_measurements(subnet.id, [Measurement("accuracy", 0.7), Measurement("macs", 1e6)])
     metrics = store.get_subnet(job.id, subnet.id).metrics
     assert metrics == {"accuracy": 0.7, "latency_ms@cpu": 3.0, "latency_ms@gpu": 1.0, "macs": 1e6}
@@ -146,15 +149,21 @@ def test_measurements_upsert_and_metric_keys(store: Store) -> None:
 
 def test_subnets_require_filters_on_every_key(store: Store) -> None:
     job = store.create_job("demo", {})
-    both, acc_only, neither = (
-        store.add_subnet(job.id, {"depth": d}, "profile") for d in (1, 2, 3)
+    both, acc_only, neither = (store.add_subnet(job.id, {"depth": d}, "profile") for d in (1, 2, 3))
+    store.add_measurements(
+        both.id,
+        [
+            Measurement("accuracy", 0.9),
+            Measurement("latency_ms", 2.0, target="cpu"),
+        ],
     )
-    store.add_measurements(both.id, [
-        Measurement("accuracy", 0.9), Measurement("latency_ms", 2.0, target="cpu"),
-    ])
-    store.add_measurements(acc_only.id, [
-        Measurement("accuracy", 0.8), Measurement("latency_ms", 2.0, target="gpu"),
-    ])
+    store.add_measurements(
+        acc_only.id,
+        [
+            Measurement("accuracy", 0.8),
+            Measurement("latency_ms", 2.0, target="gpu"),
+        ],
+    )
     assert [s.id for s in store.subnets(job.id)] == [both.id, acc_only.id, neither.id]
     assert [s.id for s in store.subnets(job.id, require=["accuracy"])] == [both.id, acc_only.id]
     required = store.subnets(job.id, require=["accuracy", "latency_ms@cpu"])

@@ -74,6 +74,10 @@ def load_dataset(name: str, val_fraction: float = 0.2, split_seed: int = 0) -> S
     as_x = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
     as_y = lambda a: np.ascontiguousarray(a, dtype=np.int64)  # noqa: E731
     return Splits(
-        as_x(x[~val_mask]), as_y(y[~val_mask]), as_x(x[val_mask]), as_y(y[val_mask]),
-        as_x(x_test), as_y(y_test),
+        as_x(x[~val_mask]),
+        as_y(y[~val_mask]),
+        as_x(x[val_mask]),
+        as_y(y[val_mask]),
+        as_x(x_test),
+        as_y(y_test),
     )

@@ -27,6 +27,7 @@ def recalibrate_batchnorm(net: nn.Module, x: np.ndarray, seed: int = 0) -> nn.Mo
     rng = np.random.default_rng(seed)
     rows = rng.choice(len(x), size=min(CALIBRATION_SAMPLES, len(x)), replace=False)
     norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [bn.momentum for bn in norms]
     for bn in norms:
         bn.reset_running_stats()
         bn.momentum = None  # cumulative average over all calibration batches
@@ -34,8 +35,8 @@ def recalibrate_batchnorm(net: nn.Module, x: np.ndarray, seed: int = 0) -> nn.Mo
     with torch.no_grad():
         for start in range(0, len(rows), BATCH):
             net(torch.from_numpy(x[rows[start : start + BATCH]]))
-    for bn in norms:
-        bn.momentum = 0.1
+    for bn, momentum in zip(norms, momenta, strict=True):
+        bn.momentum = momentum
     return net.eval()
 
 

@@ -60,8 +60,12 @@ def run_nsga2(
     lower, upper = space.bounds()
     n_constraints = len(constraint_values({c["metric"]: 0.0 for c in constraints}, constraints))
     problem = Problem(
-        n_var=len(lower), n_obj=len(objectives), n_ieq_constr=n_constraints,
-        xl=lower, xu=upper, vtype=int,
+        n_var=len(lower),
+        n_obj=len(objectives),
+        n_ieq_constr=n_constraints,
+        xl=lower,
+        xu=upper,
+        vtype=int,
     )
     rng = np.random.default_rng(seed)
     algorithm = NSGA2(
@@ -76,7 +80,9 @@ def run_nsga2(
         offspring = algorithm.ask()
         configs = [space.decode(np.rint(x).astype(int)) for x in offspring.get("X")]
         metrics = evaluate(configs)
-        values = {"F": minimisation_matrix([[m[k] for k in objectives] for m in metrics], directions)}
+        values = {
+            "F": minimisation_matrix([[m[k] for k in objectives] for m in metrics], directions)
+        }
         if n_constraints:
             values["G"] = np.array([constraint_values(m, constraints) for m in metrics])
         Evaluator().eval(StaticProblem(problem, **values), offspring)

@@ -120,8 +120,12 @@ class Store:
         with self._session("create job") as session:
             now = utcnow()
             row = JobRow(
-                id=new_job_id(), name=name, spec=spec, status="pending",
-                created_at=now, updated_at=now,
+                id=new_job_id(),
+                name=name,
+                spec=spec,
+                status="pending",
+                created_at=now,
+                updated_at=now,
             )
             session.add(row)
             session.flush()
@@ -160,8 +164,12 @@ class Store:
             _job(session, job_id)
             now = utcnow()
             row = TrainingRunRow(
-                job_id=job_id, hparams=hparams, status="running", epochs_done=0,
-                created_at=now, updated_at=now,
+                job_id=job_id,
+                hparams=hparams,
+                status="running",
+                epochs_done=0,
+                created_at=now,
+                updated_at=now,
             )
             session.add(row)
             session.flush()
@@ -275,10 +283,16 @@ class Store:
                 ids = (
                     select(MeasurementRow.subnet_id)
                     .where(MeasurementRow.subnet_id.in_(ids))
-                    .where(or_(*(
-                        and_(MeasurementRow.metric == metric, MeasurementRow.target == target)
-                        for metric, target in pairs
-                    )))
+                    .where(
+                        or_(
+                            *(
+                                and_(
+                                    MeasurementRow.metric == metric, MeasurementRow.target == target
+                                )
+                                for metric, target in pairs
+                            )
+                        )
+                    )
                     .group_by(MeasurementRow.subnet_id)
                     .having(func.count() == len(pairs))
                 )
@@ -330,9 +344,11 @@ class Store:
         """The job's front for ``target``; ``None`` means its first (usually only) front."""
         with self._session("read front") as session:
             _job(session, job_id)
-            fronts = list(session.scalars(
-                select(FrontRow).where(FrontRow.job_id == job_id).order_by(FrontRow.id)
-            ))
+            fronts = list(
+                session.scalars(
+                    select(FrontRow).where(FrontRow.job_id == job_id).order_by(FrontRow.id)
+                )
+            )
             chosen = next((f for f in fronts if target is None or f.target == target), None)
             if chosen is None:
                 if not fronts:
@@ -481,16 +497,26 @@ def _subnet(session: Session, subnet_id: int) -> SubnetRow:
 
 def _job_record(row: JobRow) -> JobRecord:
     return JobRecord(
-        id=row.id, name=row.name, spec=row.spec, status=row.status, stage=row.stage,
-        stage_detail=row.stage_detail, error=row.error,
-        created_at=row.created_at, updated_at=row.updated_at,
+        id=row.id,
+        name=row.name,
+        spec=row.spec,
+        status=row.status,
+        stage=row.stage,
+        stage_detail=row.stage_detail,
+        error=row.error,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
     )
 
 
 def _run_record(row: TrainingRunRow) -> TrainingRunRecord:
     return TrainingRunRecord(
-        id=row.id, job_id=row.job_id, hparams=row.hparams, status=row.status,
-        epochs_done=row.epochs_done, checkpoint_path=row.checkpoint_path,
+        id=row.id,
+        job_id=row.job_id,
+        hparams=row.hparams,
+        status=row.status,
+        epochs_done=row.epochs_done,
+        checkpoint_path=row.checkpoint_path,
     )
 
 
@@ -506,8 +532,12 @@ def _subnet_records(
             metrics[subnet_id][metric_key(metric, target)] = value
     return [
         SubnetRecord(
-            id=row.id, job_id=row.job_id, config=row.config, source=row.source,
-            weights_path=row.weights_path, metrics=metrics[row.id],
+            id=row.id,
+            job_id=row.job_id,
+            config=row.config,
+            source=row.source,
+            weights_path=row.weights_path,
+            metrics=metrics[row.id],
         )
         for row in rows
     ]

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 
 class Block(nn.Module):
-    """Inverted residual: 1x1 expand, depthwise conv (strided), 1x1 project, skip if shapes match."""
+    """Inverted residual: 1x1 expand, strided depthwise conv, 1x1 project, skip if shapes match."""
 
     def __init__(self, in_channels: int, mid: int, out_channels: int, kernel: int, stride: int):
         super().__init__()
