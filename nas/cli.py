@@ -20,6 +20,7 @@ from rich.table import Table
 
 from nas.errors import NasError
 from nas.store import FrontRecord, JobRecord, Store, resolve_url, split_metric_key
+from nas.store.records import JOB_STAGES
 from search_spaces import ConfigError
 
 EXIT_USER_ERROR = 2
@@ -84,21 +85,14 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
         if curve
         else {},
         "subnets_measured": len(subnets),
+        "stages": stage_states(job),
     }
     if args.json:
         print(json.dumps(status))
         return 0
     console.print(f"job {job.id} ({job.name}): {job.status}", highlight=False)
-    stages = ("train", "profile", "search", "front", "done")
-    reached = stages.index(job.stage) if job.stage in stages else -1
-    for i, stage in enumerate(stages[:-1]):
-        mark = (
-            "done"
-            if i < reached or job.status == "done"
-            else (job.status if i == reached else "waiting")
-        )
-        detail = job.stage_detail if i == reached and job.status != "done" else ""
-        console.print(f"  {stage:<8} {mark:<8} {detail or ''}", highlight=False)
+    for row in status["stages"]:
+        console.print(f"  {row['stage']:<8} {row['state']:<8} {row['detail']}", highlight=False)
     for r in runs:
         console.print(f"  training run {r.id}: {r.status}, {r.epochs_done} epochs", highlight=False)
     for name, value in status["last_curve_point"].items():
@@ -141,6 +135,20 @@ def job_json(job: JobRecord) -> dict[str, Any]:
         "created_at": job.created_at.isoformat(),
         "updated_at": job.updated_at.isoformat(),
     }
+
+
+def stage_states(job: JobRecord) -> list[dict[str, str]]:
+    """Each stage before ``done`` as finished (``done``), current (the job's status) or waiting."""
+    current = JOB_STAGES.index(job.stage) if job.stage else -1
+    states = []
+    for i, stage in enumerate(JOB_STAGES[:-1]):
+        if i < current:
+            states.append({"stage": stage, "state": "done", "detail": ""})
+        elif i == current:
+            states.append({"stage": stage, "state": job.status, "detail": job.stage_detail or ""})
+        else:
+            states.append({"stage": stage, "state": "waiting", "detail": ""})
+    return states
 
 
 def front_json(front: FrontRecord) -> dict[str, Any]:

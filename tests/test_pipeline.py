@@ -119,6 +119,12 @@ def test_jobs_and_status_json(job: dict, capsys: pytest.CaptureFixture) -> None:
     status = json.loads(capsys.readouterr().out)
     assert status["training"] == [{"id": 1, "status": "done", "epochs_done": 2}]
     assert set(status["last_curve_point"]) == {"train_loss", "val_acc/largest", "val_acc/smallest"}
+    assert [(s["stage"], s["state"]) for s in status["stages"]] == [
+        ("train", "done"),
+        ("profile", "done"),
+        ("search", "done"),
+        ("front", "done"),
+    ]
 
 
 FRESH_PROCESS = textwrap.dedent(
