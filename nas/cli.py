@@ -10,7 +10,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,24 +38,40 @@ def artifacts_dir(explicit: str | None, db_url: str) -> Path:
 
 # ---- commands ------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
-    from nas.cluster import ray_session
-    from nas.controller import Controller
     from nas.spec import load_spec
 
     spec = load_spec(args.spec)  # every spec error surfaces before anything is written
     url = resolve_url(args.db)
     with Store(url) as store:
-        with ray_session(args.address):
-            job = store.create_job(spec.name, spec.model_dump(mode="json"))
-            console.print(f"job {job.id} ({spec.name}) in {_safe(url)}", highlight=False)
-            with _progress_bars(console) as on_progress:
-                Controller(store, job.id, artifacts_dir(args.artifacts, url), on_progress).run()
-        front = store.front(job.id)
-        if args.json:
-            print(json.dumps(front_json(front)))
-        else:
-            console.print(front_table(front, f"job {job.id}: measured Pareto front"))
-            console.print(f"done: job {job.id}", highlight=False)
+        return run_job(
+            store, args, console, lambda: store.create_job(spec.name, spec.model_dump(mode="json"))
+        )
+
+
+def cmd_resume(args: argparse.Namespace, console: Console) -> int:
+    with Store(resolve_url(args.db)) as store:
+        job = store.get_job(args.job)
+        return run_job(store, args, console, lambda: job)
+
+
+def run_job(
+    store: Store, args: argparse.Namespace, console: Console, job_to_run: Callable[[], JobRecord]
+) -> int:
+    """Connect to Ray, then get the job (created only once Ray is up) and run its stages."""
+    from nas.cluster import ray_session
+    from nas.controller import Controller
+
+    with ray_session(args.address):
+        job = job_to_run()
+        console.print(f"job {job.id} ({job.name}) in {_safe(store.url)}", highlight=False)
+        with _progress_bars(console) as on_progress:
+            Controller(store, job.id, artifacts_dir(args.artifacts, store.url), on_progress).run()
+    front = store.front(job.id)
+    if args.json:
+        print(json.dumps(front_json(front)))
+    else:
+        console.print(front_table(front, f"job {job.id}: measured Pareto front"))
+        console.print(f"done: job {job.id}", highlight=False)
     return 0
 
 
@@ -225,12 +241,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", parents=[common], help="run a search job from a YAML spec")
     run.add_argument("spec")
-    run.add_argument("--address", help="Ray cluster address (default: start a local instance)")
-    run.add_argument(
-        "--artifacts", help="artifact directory (default: $NAS_ARTIFACTS or beside the db)"
-    )
-    run.add_argument("--json", action="store_true", help="print the final front as JSON")
     run.set_defaults(handler=cmd_run)
+    resume = sub.add_parser(
+        "resume", parents=[common], help="continue a stopped or failed job where it left off"
+    )
+    resume.add_argument("job")
+    resume.set_defaults(handler=cmd_resume)
+    for runner in (run, resume):
+        runner.add_argument("--address", help="Ray cluster address (default: a local instance)")
+        runner.add_argument(
+            "--artifacts", help="artifact directory (default: $NAS_ARTIFACTS or beside the db)"
+        )
+        runner.add_argument("--json", action="store_true", help="print the final front as JSON")
 
     jobs = sub.add_parser("jobs", parents=[common], help="list jobs")
     jobs.add_argument("--json", action="store_true")

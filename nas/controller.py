@@ -62,7 +62,7 @@ class Controller:
     # ---- the stage machine ------------------------------------------------------------
     def run(self) -> None:
         """Run every stage that has not finished; on failure the job is marked failed."""
-        self.store.update_job(self.job.id, status="running")
+        self.store.update_job(self.job.id, status="running", error="" if self.job.error else None)
         try:
             self.train()
             self.profile()
@@ -186,23 +186,19 @@ class Controller:
     def measure(self, configs: Sequence[Config], source: str, detail: str) -> list[SubnetRecord]:
         """Accuracy, MACs, params and latency on every target of each config, once per config.
 
-        Configs the database already holds fully measured are not measured again.
+        ``source`` is the stage asking (``profile`` or ``search``). Configs the database already
+        holds fully measured are not measured again.
         """
         canonical = [self.space.canonical(c) for c in configs]
-        records = {self.store.add_subnet(self.job.id, c, source).id: c for c in canonical}
-        needed = self._missing(records)
+        ids = [self.store.add_subnet(self.job.id, c, source).id for c in canonical]
+        needed = self._missing(dict(zip(ids, canonical, strict=True)))
         total, done = len(needed), 0
         for chunk in _chunks(list(needed.items()), 8 * self.spec.search.evaluators):
             self._measure_chunk(dict(chunk))
             done += len(chunk)
-            self._progress(self._stage(source), done, total, f"{detail}: {done}/{total} subnets")
-        ids = [self.store.add_subnet(self.job.id, c, source).id for c in canonical]
+            self._progress(source, done, total, f"{detail}: {done}/{total} subnets")
         by_id = {s.id: s for s in self.store.subnets(self.job.id)}
         return [by_id[i] for i in ids]
-
-    @staticmethod
-    def _stage(source: str) -> str:
-        return "profile" if source == "profile" else "search"
 
     def _missing(self, records: dict[int, Config]) -> dict[int, Config]:
         keys = list(SUBNET_METRICS)

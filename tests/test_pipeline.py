@@ -111,6 +111,18 @@ def test_rerun_redoes_nothing(job: dict, store: Store) -> None:
     assert store.get_job(job["id"]).status == "done"
 
 
+def test_resume_finishes_a_failed_job_without_new_work(
+    job: dict, store: Store, capsys: pytest.CaptureFixture
+) -> None:
+    before = {s.id: s.metrics for s in store.subnets(job["id"])}
+    store.update_job(job["id"], status="failed", error="killed")
+    assert main(["resume", job["id"], "--db", str(job["db"]), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["points"] == job["front"]["points"]
+    record = store.get_job(job["id"])
+    assert (record.status, record.error) == ("done", "")
+    assert {s.id: s.metrics for s in store.subnets(job["id"])} == before
+
+
 def test_jobs_and_status_json(job: dict, capsys: pytest.CaptureFixture) -> None:
     assert main(["jobs", "--db", str(job["db"]), "--json"]) == 0
     jobs = json.loads(capsys.readouterr().out)
