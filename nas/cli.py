@@ -94,6 +94,7 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
         runs = store.training_runs(job.id)
         curve = store.curve(runs[-1].id) if runs else []
         subnets = store.subnets(job.id)
+        iterations = store.search_iterations(job.id)
     status = {
         **job_json(job),
         "training": [{"id": r.id, "status": r.status, "epochs_done": r.epochs_done} for r in runs],
@@ -102,6 +103,11 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
         else {},
         "subnets_measured": len(subnets),
         "stages": stage_states(job),
+        "search": [
+            {"iteration": i.iteration, "evaluations": i.evaluations, "hypervolume": i.hypervolume}
+            | {"predictors": i.scores}
+            for i in iterations
+        ],
     }
     if args.json:
         print(json.dumps(status))
@@ -114,6 +120,12 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
     for name, value in status["last_curve_point"].items():
         console.print(f"  last {name}: {value:.4f}", highlight=False)
     console.print(f"  subnets measured: {len(subnets)}", highlight=False)
+    for i in iterations:
+        scores = ", ".join(
+            f"{key} {s['model']} spearman {s['spearman']:.2f}" for key, s in i.scores.items()
+        )
+        line = f"  search iteration {i.iteration}: {i.evaluations} evaluations, "
+        console.print(line + f"hypervolume {i.hypervolume:.4g}  {scores}", highlight=False)
     if job.error:
         console.print(f"  error: {job.error}", highlight=False)
     return 0
@@ -173,7 +185,9 @@ def front_json(front: FrontRecord) -> dict[str, Any]:
         "target": front.target or None,
         "objectives": front.objectives,
         "points": [
-            {"subnet": p.id, "config": p.config, "metrics": p.metrics} for p in front.points
+            {"subnet": p.id, "config": p.config, "metrics": p.metrics}
+            | ({"predicted": p.predicted} if p.predicted else {})
+            for p in front.points
         ],
     }
 

@@ -17,9 +17,9 @@ import ray
 
 from nas.errors import ClusterError
 from nas.pareto import non_dominated
-from nas.search import run_nsga2
+from nas.search import Iteration, run_nsga2, run_predictive_search
 from nas.spec import METRICS, JobSpec
-from nas.store import Measurement, Store, SubnetRecord, metric_key
+from nas.store import Measurement, Store, SubnetRecord, config_key, metric_key
 from search_spaces import Config, SearchSpace
 from workers.datasets import load_dataset
 from workers.evaluator import evaluate_configs
@@ -134,10 +134,21 @@ class Controller:
 
     # ---- SEARCH -------------------------------------------------------------------------
     def search(self) -> None:
-        """NSGA-II over the space's encoding; every subnet it proposes is measured for real."""
+        """Search with the spec's strategy; every point it ends on is measured for real."""
         self._enter("search")
+        if self.spec.search.strategy == "nsga2":
+            self._search_nsga2()
+        else:
+            self._search_predictive()
+
+    def _objective_directions(self) -> list[str]:
+        return [METRICS[k.partition("@")[0]] for k in self.spec.objectives]
+
+    def _profiled(self) -> list[SubnetRecord]:
+        return [s for s in self.store.subnets(self.job.id) if s.source == "profile"]
+
+    def _search_nsga2(self) -> None:
         settings = self.spec.search
-        seeds = [s.config for s in self.store.subnets(self.job.id) if s.source == "profile"]
         generation = 0
 
         def evaluate(configs: list[Config]) -> list[dict[str, float]]:
@@ -150,12 +161,60 @@ class Controller:
             self.space,
             evaluate,
             objectives=self.spec.objectives,
-            directions=[METRICS[k.partition("@")[0]] for k in self.spec.objectives],
+            directions=self._objective_directions(),
             constraints=[c.model_dump() for c in self.spec.constraints],
             population=settings.population,
             generations=settings.generations,
-            initial=seeds,
+            initial=[s.config for s in self._profiled()],
             seed=self.spec.seed,
+        )
+
+    def _search_predictive(self) -> None:
+        """Predictor-guided NSGA-II; each iteration's hypervolume and the predictions that
+        chose each measured subnet are stored."""
+        settings = self.spec.search
+        supernet = self.space.build_supernet()
+        exact = {
+            "macs": lambda c: float(supernet.macs(c)),
+            "params": lambda c: float(supernet.params(c)),
+        }
+        keys = {*self.spec.objectives, *(c.metric for c in self.spec.constraints)}
+        exact = {k: f for k, f in exact.items() if k in keys}
+        profiled = self._profiled()
+        by_config = {config_key(s.config): s for s in profiled}
+        smallest = by_config[config_key(self.space.min())].metrics
+        largest = by_config[config_key(self.space.max())].metrics
+        reference = [smallest[self.spec.objectives[0]], largest[self.spec.objectives[1]]]
+
+        def evaluate(configs: list[Config]) -> list[dict[str, float]]:
+            return [s.metrics for s in self.measure(configs, "search", "measuring")]
+
+        def record(it: Iteration) -> None:
+            for config, predicted in it.predictions:
+                subnet = self.store.add_subnet(self.job.id, config, "search")
+                learned = {k: v for k, v in predicted.items() if k not in exact}
+                self.store.add_predictions(subnet.id, learned, it.iteration)
+            self.store.add_search_iteration(
+                self.job.id, it.iteration, it.evaluations, it.hypervolume, it.scores
+            )
+            detail = f"iteration {it.iteration}, hypervolume {it.hypervolume:.4g}"
+            self._progress("search", it.evaluations, settings.budget, detail)
+
+        run_predictive_search(
+            self.space,
+            evaluate,
+            objectives=self.spec.objectives,
+            directions=self._objective_directions(),
+            initial=[s.config for s in profiled],
+            budget=settings.budget,
+            reference=reference,
+            exact=exact,
+            constraints=[c.model_dump() for c in self.spec.constraints],
+            batch=settings.batch,
+            population=settings.population,
+            generations=settings.generations,
+            seed=self.spec.seed,
+            on_iteration=record,
         )
 
     # ---- FRONT --------------------------------------------------------------------------

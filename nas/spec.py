@@ -85,11 +85,28 @@ class ConstraintSpec(Strict):
 
 
 class SearchSpec(Strict):
+    #: ``predictive``: NSGA-II on fitted predictors, measuring ``batch`` subnets per iteration
+    #: until ``budget`` real evaluations are spent; ``nsga2``: NSGA-II measuring every candidate.
+    strategy: Literal["predictive", "nsga2"] = "predictive"
     #: Random subnets measured before the search (they also seed its first population).
     profile_samples: int = Field(16, ge=0)
-    population: int = Field(16, ge=4)
-    generations: int = Field(5, ge=1)
+    #: Real evaluations in all, the profiled subnets included (``predictive`` only).
+    budget: int = Field(96, ge=2)
+    batch: int = Field(8, ge=1)
+    #: NSGA-II's population and generations: on predictions for ``predictive`` (cheap, so
+    #: large), on real measurements for ``nsga2``.
+    population: int = Field(64, ge=4)
+    generations: int = Field(40, ge=1)
     evaluators: int = Field(2, ge=1)
+
+    @model_validator(mode="after")
+    def budget_covers_profile(self) -> SearchSpec:
+        if self.strategy == "predictive" and self.budget < self.profile_samples + 2:
+            raise ValueError(
+                f"budget={self.budget} must cover the {self.profile_samples + 2} profiled subnets"
+                " (profile_samples plus the largest and the smallest)"
+            )
+        return self
 
 
 class JobSpec(Strict):

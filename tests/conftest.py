@@ -98,7 +98,9 @@ def tiny_spec(**overrides: object) -> dict:
     spec["name"] = "tiny"
     spec["training"].update(epochs=2, batch_size=256, random_subnets=1, cpus=1)
     spec["hardware_targets"][0].update(warmup=2, repeats=5)
-    spec["search"].update(profile_samples=3, population=4, generations=2, evaluators=2)
+    spec["search"].update(
+        strategy="predictive", profile_samples=3, budget=9, batch=2, population=16, generations=5
+    )
     spec.update(overrides)
     return spec
 

@@ -24,6 +24,10 @@ from workers.datasets import load_dataset
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
+#: What the predictive search learns for the example spec: its accuracy objective and the
+#: latency its constraint bounds (MACs are computed exactly).
+LEARNED = {"accuracy", "latency_ms@cpu"}
+
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory: pytest.TempPathFactory) -> dict:
@@ -87,8 +91,14 @@ def test_front_json_holds_measured_non_dominated_points(job: dict, store: Store)
     assert points
     values = []
     for p in points:
-        assert set(p) == {"subnet", "config", "metrics"}
+        assert (
+            {"subnet", "config", "metrics"}
+            <= set(p)
+            <= {"subnet", "config", "metrics", "predicted"}
+        )
         assert p["metrics"] == measured[p["subnet"]]
+        if "predicted" in p:  # chosen by the predictive search: labelled with what it expected
+            assert set(p["predicted"]) == LEARNED
         values.append([p["metrics"]["accuracy"], p["metrics"]["macs"]])
     everyone = minimisation_matrix(
         [[m["accuracy"], m["macs"]] for m in measured.values()], ["max", "min"]
@@ -96,6 +106,19 @@ def test_front_json_holds_measured_non_dominated_points(job: dict, store: Store)
     for row in minimisation_matrix(values, ["max", "min"]):
         dominated = np.all(everyone <= row, axis=1) & np.any(everyone < row, axis=1)
         assert not dominated.any()
+
+
+def test_search_iterations_stored_until_budget(job: dict, store: Store) -> None:
+    iterations = store.search_iterations(job["id"])
+    assert [i.iteration for i in iterations] == list(range(len(iterations)))
+    assert iterations[0].evaluations == 5  # largest, smallest, three profiled
+    assert iterations[-1].evaluations == 9 == len(store.subnets(job["id"]))  # the budget
+    hypervolumes = [i.hypervolume for i in iterations]
+    assert hypervolumes == sorted(hypervolumes)  # the measured front only ever grows
+    for i in iterations[1:]:
+        assert set(i.scores) == LEARNED and -1 <= i.scores["accuracy"]["spearman"] <= 1
+    predicted = [s for s in store.subnets(job["id"]) if s.predicted]
+    assert {s.source for s in predicted} == {"search"} and len(predicted) == 4
 
 
 def test_front_per_hardware_target(job: dict, store: Store) -> None:

@@ -316,3 +316,25 @@ def test_metric_keys_round_trip() -> None:
             split_metric_key(bad)
     with pytest.raises(ValueError, match="free of '@'"):
         Measurement("latency_ms@cpu", 1.0)
+
+
+def test_predictions_label_subnets_and_search_iterations_round_trip(store: Store) -> None:
+    job = store.create_job("j", {})
+    subnet = store.add_subnet(job.id, {"a": 1}, "search")
+    store.add_measurements(subnet.id, [Measurement("accuracy", 0.9)])
+    store.add_predictions(subnet.id, {"accuracy": 0.8, "latency_ms@cpu": 1.5}, iteration=1)
+    store.add_predictions(subnet.id, {"accuracy": 0.85}, iteration=2)
+    [record] = store.subnets(job.id)
+    assert record.metrics == {"accuracy": 0.9}
+    assert record.predicted == {"accuracy": 0.85, "latency_ms@cpu": 1.5}
+    store.add_search_iteration(job.id, 0, 16, 0.5, {})
+    store.add_search_iteration(job.id, 1, 24, 0.6, {"accuracy": {"spearman": 0.9}})
+    store.add_search_iteration(job.id, 1, 24, 0.7, {"accuracy": {"spearman": 0.95}})
+    iterations = store.search_iterations(job.id)
+    assert [(i.iteration, i.evaluations, i.hypervolume) for i in iterations] == [
+        (0, 16, 0.5),
+        (1, 24, 0.7),
+    ]
+    assert iterations[1].scores == {"accuracy": {"spearman": 0.95}}
+    with pytest.raises(NotFoundError, match="unknown subnet 999"):
+        store.add_predictions(999, {"accuracy": 0.1}, iteration=1)

@@ -148,3 +148,31 @@ class FrontMemberRow(Base):
     front_id: Mapped[int] = mapped_column(ForeignKey("fronts.id"), primary_key=True)
     subnet_id: Mapped[int] = mapped_column(ForeignKey("subnets.id"), primary_key=True)
     position: Mapped[int]
+
+
+class PredictionRow(Base):
+    """What a predictor said of a subnet before it was measured (labels front points)."""
+
+    __tablename__ = "predictions"
+    __table_args__ = (UniqueConstraint("subnet_id", "metric", "target"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subnet_id: Mapped[int] = mapped_column(ForeignKey("subnets.id"))
+    metric: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    value: Mapped[float]
+    iteration: Mapped[int]
+
+
+class SearchIterationRow(Base):
+    """One round of predictor-guided search: evaluations so far, hypervolume, predictor scores."""
+
+    __tablename__ = "search_iterations"
+    __table_args__ = (UniqueConstraint("job_id", "iteration"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"))
+    iteration: Mapped[int]
+    evaluations: Mapped[int]
+    hypervolume: Mapped[float]
+    scores: Mapped[dict[str, Any]] = mapped_column(JSON)

@@ -7,7 +7,7 @@ closed session or write to the database behind the store's back.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -77,6 +77,8 @@ class SubnetRecord:
     weights_path: str | None
     metrics: dict[str, float]
     """Every measurement of this subnet, keyed by :func:`metric_key`."""
+    predicted: dict[str, float] = field(default_factory=dict)
+    """What the search's predictors expected before measuring, keyed like ``metrics``."""
 
 
 @dataclass(frozen=True)
@@ -113,3 +115,12 @@ class FrontRecord:
     objectives: list[str]
     points: list[SubnetRecord]
     """Front members in the order they were saved."""
+
+
+@dataclass(frozen=True)
+class SearchIterationRecord:
+    iteration: int
+    evaluations: int
+    hypervolume: float
+    scores: dict[str, Any]
+    """Per learned metric key: the chosen regressor and its held-out rank correlations."""

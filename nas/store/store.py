@@ -29,6 +29,8 @@ from nas.store.models import (
     FrontRow,
     JobRow,
     MeasurementRow,
+    PredictionRow,
+    SearchIterationRow,
     SubnetRow,
     TrainingRunRow,
     new_job_id,
@@ -43,6 +45,7 @@ from nas.store.records import (
     FrontRecord,
     JobRecord,
     Measurement,
+    SearchIterationRecord,
     SubnetRecord,
     TrainingRunRecord,
     config_key,
@@ -259,6 +262,45 @@ class Store:
                     session.add(row)
                     existing[(m.metric, m.target)] = row
                 row.value, row.spread, row.repeats = m.value, m.spread, m.repeats
+
+    def add_predictions(self, subnet_id: int, values: dict[str, float], iteration: int) -> None:
+        """Record what was predicted for a subnet (by metric key); a repeat replaces it."""
+        with self._session("add predictions") as session:
+            _subnet(session, subnet_id)
+            query = select(PredictionRow).where(PredictionRow.subnet_id == subnet_id)
+            existing = {(row.metric, row.target): row for row in session.scalars(query)}
+            for key, value in values.items():
+                metric, target = split_metric_key(key)
+                row = existing.get((metric, target))
+                if row is None:
+                    row = PredictionRow(subnet_id=subnet_id, metric=metric, target=target)
+                    session.add(row)
+                row.value, row.iteration = value, iteration
+
+    def add_search_iteration(
+        self, job_id: str, iteration: int, evaluations: int, hypervolume: float, scores: dict
+    ) -> None:
+        """Record one round of the search; recording the same round again replaces it."""
+        with self._session("add search iteration") as session:
+            _job(session, job_id)
+            row = session.scalar(
+                select(SearchIterationRow).where(
+                    SearchIterationRow.job_id == job_id, SearchIterationRow.iteration == iteration
+                )
+            )
+            if row is None:
+                row = SearchIterationRow(job_id=job_id, iteration=iteration)
+                session.add(row)
+            row.evaluations, row.hypervolume, row.scores = evaluations, hypervolume, scores
+
+    def search_iterations(self, job_id: str) -> list[SearchIterationRecord]:
+        with self._session("read search iterations") as session:
+            _job(session, job_id)
+            query = select(SearchIterationRow).where(SearchIterationRow.job_id == job_id)
+            return [
+                SearchIterationRecord(r.iteration, r.evaluations, r.hypervolume, r.scores)
+                for r in session.scalars(query.order_by(SearchIterationRow.iteration))
+            ]
 
     def get_subnet(self, job_id: str, subnet_id: int) -> SubnetRecord:
         with self._session("read subnet") as session:
@@ -530,6 +572,12 @@ def _subnet_records(
     for subnet_id, metric, target, value in session.execute(query):
         if subnet_id in metrics:
             metrics[subnet_id][metric_key(metric, target)] = value
+    predicted: dict[int, dict[str, float]] = {row.id: {} for row in rows}
+    p = PredictionRow
+    query = select(p.subnet_id, p.metric, p.target, p.value).where(p.subnet_id.in_(ids))
+    for subnet_id, metric, target, value in session.execute(query):
+        if subnet_id in predicted:
+            predicted[subnet_id][metric_key(metric, target)] = value
     return [
         SubnetRecord(
             id=row.id,
@@ -538,6 +586,7 @@ def _subnet_records(
             source=row.source,
             weights_path=row.weights_path,
             metrics=metrics[row.id],
+            predicted=predicted[row.id],
         )
         for row in rows
     ]

@@ -1,0 +1,126 @@
+"""Search on synthetic objectives (fast and exact): NSGA-II, the predictor-guided loop, the
+subnet predictor, hypervolume and non-dominated filtering."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nas.pareto import non_dominated
+from nas.predictors.surrogate import SubnetPredictor
+from nas.search import hypervolume, run_nsga2, run_predictive_search
+from nas.search.predictive import spread_evenly
+from search_spaces import SearchSpace
+
+
+def synthetic_accuracy(space: SearchSpace, config: dict) -> float:
+    """Smooth in the features, rising with size: a stand-in for a trained supernet."""
+    features = space.features(config)
+    active = features[features >= 0]
+    return float(0.7 + 0.25 * active.mean() + 0.005 * np.cos(3 * active.sum()))
+
+
+@pytest.fixture(scope="module")
+def measure(space: SearchSpace):
+    supernet = space.build_supernet()
+    seen: list[str] = []
+
+    def evaluate(configs: list[dict]) -> list[dict[str, float]]:
+        seen.extend(str(sorted(c.items())) for c in configs)
+        return [
+            {"accuracy": synthetic_accuracy(space, c), "macs": float(supernet.macs(c))}
+            for c in configs
+        ]
+
+    evaluate.seen = seen  # type: ignore[attr-defined]
+    evaluate.macs = lambda c: float(supernet.macs(c))  # type: ignore[attr-defined]
+    return evaluate
+
+
+def test_non_dominated_keeps_the_front_sorted_by_cost() -> None:
+    rows = [[0.9, 10], [0.95, 20], [0.9, 10], [0.8, 30], [0.97, 40], [0.96, 50]]
+    assert non_dominated(rows, ["max", "min"]) == [0, 1, 4]
+
+
+def test_hypervolume_of_known_points() -> None:
+    rows = [[0.9, 10.0], [0.95, 20.0]]
+    # boxes up to (accuracy 0.8, cost 30): 0.1*20 + 0.05*10 = 2.5
+    assert hypervolume(rows, ["max", "min"], [0.8, 30.0]) == pytest.approx(2.5)
+    assert hypervolume([[0.7, 40.0]], ["max", "min"], [0.8, 30.0]) == 0.0
+
+
+def test_spread_evenly_takes_both_ends() -> None:
+    configs = [{"i": i} for i in range(10)]
+    costs = [9 - i for i in range(10)]
+    assert spread_evenly(configs, costs, 3) == [{"i": 9}, {"i": 5}, {"i": 0}]
+    assert spread_evenly(configs[:2], costs[:2], 3) == configs[:2]
+
+
+def test_nsga2_measures_valid_configs_and_respects_a_constraint(space, measure) -> None:
+    limit = 600_000.0
+    final = run_nsga2(
+        space,
+        measure,
+        ["accuracy", "macs"],
+        ["max", "min"],
+        constraints=[{"metric": "macs", "max": limit}],
+        population=8,
+        generations=3,
+        initial=[space.max(), space.min()],
+    )
+    assert len(final) == 8
+    assert all(space.validate(c) == c for c in final)
+    assert all(measure.macs(c) <= limit for c in final)
+
+
+def test_subnet_predictor_ranks_held_out_subnets(space: SearchSpace) -> None:
+    rng = np.random.default_rng(0)
+    configs = [space.sample(rng) for _ in range(80)]
+    x = np.array([space.features(c) for c in configs])
+    y = np.array([synthetic_accuracy(space, c) for c in configs])
+    predictor = SubnetPredictor(seed=0).fit(x[:60], y[:60])
+    assert predictor.chosen_ in predictor.cv_scores_
+    assert predictor.score(x[60:], y[60:])["spearman"] > 0.8
+    assert predictor.predict_spread(x[60:]).shape == (20,)
+
+
+def test_subnet_predictor_errors(space: SearchSpace) -> None:
+    with pytest.raises(RuntimeError, match="not fitted"):
+        SubnetPredictor().predict(np.zeros((1, 3)))
+    with pytest.raises(ValueError, match="unknown regressor 'svm'"):
+        SubnetPredictor(candidates=["svm"]).fit(np.zeros((10, 3)), np.arange(10.0))
+    with pytest.raises(ValueError, match="at least 2"):
+        SubnetPredictor().fit(np.zeros((1, 3)), np.zeros(1))
+
+
+def test_predictive_search_spends_exactly_its_budget(space, measure) -> None:
+    rng = np.random.default_rng(1)
+    initial = [space.max(), space.min()] + [space.sample(rng) for _ in range(10)]
+    reference = [synthetic_accuracy(space, space.min()), measure.macs(space.max())]
+    before = len(measure.seen)
+    seen_iterations = []
+    iterations = run_predictive_search(
+        space,
+        measure,
+        ["accuracy", "macs"],
+        ["max", "min"],
+        initial=initial,
+        budget=36,
+        reference=reference,
+        exact={"macs": measure.macs},
+        batch=8,
+        population=24,
+        generations=10,
+        on_iteration=seen_iterations.append,
+    )
+    measured = measure.seen[before:]
+    assert len(measured) == len(set(measured)) == 36  # each config measured once, budget spent
+    assert [i.evaluations for i in iterations] == [12, 20, 28, 36]
+    assert seen_iterations == iterations
+    hypervolumes = [i.hypervolume for i in iterations]
+    assert hypervolumes == sorted(hypervolumes) and hypervolumes[-1] > hypervolumes[0]
+    for it in iterations[1:]:
+        assert set(it.scores) == {"accuracy"}  # MACs are exact, never learned
+        assert len(it.predictions) == 8
+        for config, predicted in it.predictions:
+            assert predicted["macs"] == measure.macs(config)
