@@ -22,10 +22,13 @@ CALIBRATION_SAMPLES = 2000
 BATCH = 500
 
 
-def recalibrate_batchnorm(net: nn.Module, x: np.ndarray, seed: int = 0) -> nn.Module:
-    """Replace every batch norm's running statistics with exact averages over ``x`` samples."""
+def recalibrate_batchnorm(
+    net: nn.Module, x: np.ndarray, seed: int = 0, samples: int = CALIBRATION_SAMPLES
+) -> nn.Module:
+    """Replace every batch norm's running statistics with exact averages over ``samples`` rows
+    of ``x``."""
     rng = np.random.default_rng(seed)
-    rows = rng.choice(len(x), size=min(CALIBRATION_SAMPLES, len(x)), replace=False)
+    rows = rng.choice(len(x), size=min(samples, len(x)), replace=False)
     norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     momenta = [bn.momentum for bn in norms]
     for bn in norms:

@@ -1,0 +1,86 @@
+"""How well subnet accuracy is predicted on subnets the predictor was not fitted on: each
+candidate regressor and the cross-validated choice, side by side, on a trained supernet.
+
+Run the demo job first (it trains the supernet), then::
+
+    python benchmarks/accuracy_predictor.py [--db .nas/nas.db] [--job ID] [--train 100] [--test 200]
+
+Results: benchmarks/results/accuracy_predictor.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import Evaluator, load_job
+
+from nas.predictors.surrogate import CANDIDATES, SubnetPredictor
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--db")
+    parser.add_argument("--job")
+    parser.add_argument("--train", type=int, default=100)
+    parser.add_argument("--test", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    job_id, space, supernet, splits = load_job(args.db, args.job)
+    evaluate = Evaluator(space, supernet, splits)
+    rng = np.random.default_rng(args.seed)
+    configs: dict[str, dict] = {}
+    while len(configs) < args.train + args.test:
+        config = space.sample(rng)
+        configs[json.dumps(config, sort_keys=True)] = config
+    subnets = list(configs.values())
+    start = time.perf_counter()
+    y = np.array([m["accuracy"] for m in evaluate(subnets)])
+    measuring_s = time.perf_counter() - start
+    x = np.array([space.features(c) for c in subnets])
+    train, test = slice(0, args.train), slice(args.train, None)
+
+    rows = []
+    for names in [[name] for name in CANDIDATES] + [list(CANDIDATES)]:
+        start = time.perf_counter()
+        predictor = SubnetPredictor(candidates=names, seed=args.seed).fit(x[train], y[train])
+        fit_s = time.perf_counter() - start
+        label = names[0] if len(names) == 1 else f"cross-validated choice ({predictor.chosen_})"
+        rows.append({"predictor": label, **predictor.score(x[test], y[test]), "fit_s": fit_s})
+
+    result = {
+        "job": job_id,
+        "train_subnets": args.train,
+        "test_subnets": args.test,
+        "measuring_s": measuring_s,
+        "accuracy_range_test": [float(y[test].min()), float(y[test].max())],
+        "predictors": rows,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "accuracy_predictor.json").write_text(json.dumps(result, indent=2))
+    lines = [
+        f"# Accuracy predictor on job {job_id}: fitted on {args.train} random subnets, "
+        f"scored on {args.test} others",
+        "",
+        "| predictor | Spearman | Kendall | MAE | fit (s) |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['predictor']} | {r['spearman']:.3f} | {r['kendall']:.3f} "
+            f"| {r['mae']:.4f} | {r['fit_s']:.2f} |"
+        )
+    (RESULTS / "accuracy_predictor.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

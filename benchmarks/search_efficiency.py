@@ -1,0 +1,299 @@
+"""How many real subnet evaluations each search method needs to reach 98% of a reference
+hypervolume, on a trained ``cnn1d`` supernet, side by side in one run.
+
+Methods: ours (predictor-guided NSGA-II), pymoo NSGA-II on real evaluations, random search,
+Optuna's NSGAIISampler and Optuna's TPESampler. Every method measures subnets the same way
+(BN recalibration, validation accuracy; exact MACs) and starts from nothing but its seed; every
+evaluation a method asks for counts, its first ones included. The reference hypervolume is
+that of every point any method measured, a long NSGA-II run included.
+
+Run the demo job first (it trains the supernet), then::
+
+    python benchmarks/search_efficiency.py [--db .nas/nas.db] [--job ID] [--seeds 10]
+
+Results: benchmarks/results/search_efficiency.{json,md,svg}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import warnings
+from collections.abc import Callable
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import optuna
+import torch
+from common import Evaluator, load_job
+
+from nas.search import hypervolume, run_nsga2, run_predictive_search
+from search_spaces import Config, SearchSpace
+
+RESULTS = Path(__file__).parent / "results"
+OBJECTIVES, DIRECTIONS = ["accuracy", "macs"], ["max", "min"]
+TARGET = 0.98
+INITIAL = 16  # ours and pymoo's NSGA-II start from this many (largest, smallest, random)
+
+
+class Recorder:
+    """Wraps an evaluator and keeps every new point a method measured, in order.
+
+    A config the method already measured is answered again without counting: any real system
+    looks a known subnet up rather than measuring it twice.
+    """
+
+    def __init__(self, evaluate: Evaluator, budget: int):
+        self.evaluate, self.budget, self.points, self.seen = evaluate, budget, [], set()
+
+    def __call__(self, configs: list[Config]) -> list[dict[str, float]]:
+        results = self.evaluate(configs)
+        for config, r in zip(configs, results, strict=True):
+            key = json.dumps(config, sort_keys=True)
+            if key not in self.seen and len(self.points) < self.budget:
+                self.seen.add(key)
+                self.points.append([r["accuracy"], r["macs"]])
+        if len(self.points) >= self.budget:
+            raise BudgetSpent
+        return results
+
+
+class BudgetSpent(Exception):
+    """A method has asked for all the evaluations it may have."""
+
+
+def initial(space: SearchSpace, rng: np.random.Generator) -> list[Config]:
+    return [space.max(), space.min()] + [space.sample(rng) for _ in range(INITIAL - 2)]
+
+
+def ours(space, evaluate, budget, seed, reference):
+    run_predictive_search(
+        space,
+        evaluate,
+        OBJECTIVES,
+        DIRECTIONS,
+        initial(space, np.random.default_rng(seed)),
+        budget,
+        reference,
+        exact={"macs": lambda c: float(evaluate.evaluate.supernet.macs(c))},
+        batch=8,
+        population=64,
+        generations=40,
+        seed=seed,
+    )
+
+
+def pymoo_nsga2(space, evaluate, budget, seed, reference):
+    run_nsga2(
+        space,
+        evaluate,
+        OBJECTIVES,
+        DIRECTIONS,
+        population=INITIAL,
+        generations=budget // INITIAL + 1,
+        initial=initial(space, np.random.default_rng(seed)),
+        seed=seed,
+    )
+
+
+def random_search(space, evaluate, budget, seed, reference):
+    rng = np.random.default_rng(seed)
+    while True:
+        evaluate(initial(space, rng))
+
+
+def _optuna(sampler: Callable[[int], optuna.samplers.BaseSampler]):
+    def run(space, evaluate, budget, seed, reference):
+        study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler(seed))
+        while True:
+            trial = study.ask()
+            config = space.canonical(
+                {
+                    d.name: trial.suggest_categorical(d.name, list(d.choices))
+                    for d in space.dimensions
+                }
+            )
+            [metrics] = evaluate([config])
+            study.tell(trial, [metrics["accuracy"], metrics["macs"]])
+
+    return run
+
+
+METHODS = {
+    "ours (predictor-guided NSGA-II)": ours,
+    "pymoo NSGA-II (real evaluations)": pymoo_nsga2,
+    "random search": random_search,
+    "optuna NSGAIISampler": _optuna(
+        lambda s: optuna.samplers.NSGAIISampler(population_size=INITIAL, seed=s)
+    ),
+    "optuna TPESampler": _optuna(lambda s: optuna.samplers.TPESampler(seed=s, multivariate=True)),
+}
+
+
+def run_one(args: tuple) -> tuple[str, int, list[list[float]], float]:
+    """One method with one seed in a worker process: the points it measured, in order."""
+    db, job_id, method, seed, budget = args
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    _, space, supernet, splits = load_job(db, job_id)
+    evaluate = Evaluator(space, supernet, splits)
+    reference = reference_point(space, evaluate)
+    recorder = Recorder(evaluate, budget)
+    start = time.perf_counter()
+    try:
+        METHODS[method](space, recorder, budget, seed, reference)
+    except BudgetSpent:
+        pass
+    return method, seed, recorder.points, time.perf_counter() - start
+
+
+def reference_point(space: SearchSpace, evaluate: Evaluator) -> list[float]:
+    """Hypervolume box: the smallest subnet's accuracy and the largest subnet's MACs."""
+    return [evaluate.one(space.min())["accuracy"], evaluate.one(space.max())["macs"]]
+
+
+def curve(points: list[list[float]], reference: list[float]) -> list[float]:
+    """Hypervolume of the first n points, for every n."""
+    return [hypervolume(points[: n + 1], DIRECTIONS, reference) for n in range(len(points))]
+
+
+def svg_plot(curves: dict[str, list[float]], reference_hv: float, path: Path) -> None:
+    """A small line chart (mean hypervolume over seeds against evaluations), no plotting library."""
+    width, height, pad = 720, 420, 50
+    longest = max(len(c) for c in curves.values())
+    low = min(min(c) for c in curves.values())
+    x = lambda i: pad + (width - 2 * pad) * i / max(longest - 1, 1)  # noqa: E731
+    y = lambda v: height - pad - (height - 2 * pad) * (v - low) / (reference_hv - low)  # noqa: E731
+    colours = ["#d62728", "#1f77b4", "#7f7f7f", "#2ca02c", "#9467bd"]
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}">']
+    parts.append(f'<rect width="{width}" height="{height}" fill="white"/>')
+    target = y(TARGET * reference_hv)
+    parts.append(
+        f'<line x1="{pad}" x2="{width - pad}" y1="{target}" y2="{target}" '
+        'stroke="black" stroke-dasharray="4"/>'
+    )
+    parts.append(
+        f'<text x="{width - pad - 150}" y="{target - 5}" font-size="11">98% of reference</text>'
+    )
+    for k, (name, values) in enumerate(curves.items()):
+        line = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in enumerate(values))
+        parts.append(
+            f'<polyline fill="none" stroke="{colours[k % 5]}" stroke-width="2" points="{line}"/>'
+        )
+        parts.append(
+            f'<text x="{pad + 10}" y="{pad + 15 * k}" font-size="12" '
+            f'fill="{colours[k % 5]}">{name}</text>'
+        )
+    parts.append(
+        f'<text x="{width / 2 - 80}" y="{height - 10}" font-size="12">'
+        f"real evaluations (0 to {longest})</text>"
+    )
+    parts.append(f'<text x="5" y="{pad - 20}" font-size="12">hypervolume (mean over seeds)</text>')
+    path.write_text("\n".join(parts + ["</svg>"]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--db")
+    parser.add_argument("--job")
+    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--budget", type=int, default=240, help="evaluations per method and seed")
+    parser.add_argument("--reference-budget", type=int, default=1200)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+
+    job_id, space, supernet, splits = load_job(args.db, args.job)
+    tasks = [(args.db, job_id, m, s, args.budget) for s in range(args.seeds) for m in METHODS]
+    tasks.append((args.db, job_id, "pymoo NSGA-II (real evaluations)", 1000, args.reference_budget))
+    started = time.perf_counter()
+    with get_context("spawn").Pool(args.workers) as pool:
+        runs = pool.map(run_one, tasks, chunksize=1)
+    reference = reference_point(space, Evaluator(space, supernet, splits))
+    everything = [p for _, _, points, _ in runs for p in points]
+    reference_hv = hypervolume(everything, DIRECTIONS, reference)
+    long_run = runs[-1]
+    per_method: dict[str, list] = {m: [] for m in METHODS}
+    mean_curves: dict[str, list[float]] = {}
+    for method, seed, points, seconds in runs[:-1]:
+        hv = curve(points, reference)
+        reached = next((i + 1 for i, v in enumerate(hv) if v >= TARGET * reference_hv), None)
+        per_method[method].append(
+            {
+                "seed": seed,
+                "evaluations_to_98": reached,
+                "final_hv": hv[-1],
+                "seconds": seconds,
+                "curve": hv,
+            }
+        )
+    summary = []
+    for method, seeds in per_method.items():
+        needed = [s["evaluations_to_98"] for s in seeds]
+        reached = [n for n in needed if n is not None]
+        summary.append(
+            {
+                "method": method,
+                "reached_in": f"{len(reached)}/{len(needed)} seeds",
+                "median_evaluations_to_98": float(
+                    np.median([n if n is not None else np.inf for n in needed])
+                ),
+                "mean_evaluations_to_98_censored": float(
+                    np.mean([n if n is not None else args.budget for n in needed])
+                ),
+                "mean_final_hv_fraction": float(
+                    np.mean([s["final_hv"] for s in seeds]) / reference_hv
+                ),
+                "mean_seconds": float(np.mean([s["seconds"] for s in seeds])),
+            }
+        )
+        mean_curves[method] = list(np.mean([s["curve"] for s in seeds], axis=0))
+    ours_median = summary[0]["median_evaluations_to_98"]
+    best_other = min(s["median_evaluations_to_98"] for s in summary[1:])
+    result = {
+        "job": job_id,
+        "seeds": args.seeds,
+        "budget_per_run": args.budget,
+        "reference": {
+            "point": reference,
+            "hypervolume": reference_hv,
+            "points_pooled": len(everything),
+            "long_nsga2_run_hv_fraction": curve(long_run[2], reference)[-1] / reference_hv,
+        },
+        "summary": summary,
+        "ratio_best_other_to_ours_median": best_other / ours_median if ours_median else None,
+        "wall_seconds": time.perf_counter() - started,
+        "runs": {
+            m: [{k: v for k, v in s.items() if k != "curve"} for s in seeds]
+            for m, seeds in per_method.items()
+        },
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "search_efficiency.json").write_text(json.dumps(result, indent=2))
+    lines = [
+        f"# Search efficiency on job {job_id} "
+        f"({args.seeds} seeds, {args.budget} evaluations max per run)",
+        "",
+        f"Reference hypervolume {reference_hv:.6g} (box: accuracy >= {reference[0]:.4f}, "
+        f"MACs <= {reference[1]:.0f}), pooled from {len(everything)} measured points including "
+        f"a {args.reference_budget}-evaluation NSGA-II run.",
+        "",
+        "| method | reached 98% | median evaluations to 98% | mean (censored at budget) "
+        "| final HV / reference |",
+        "|---|---|---|---|---|",
+    ]
+    for s in summary:
+        lines.append(
+            f"| {s['method']} | {s['reached_in']} | {s['median_evaluations_to_98']:.0f} "
+            f"| {s['mean_evaluations_to_98_censored']:.1f} | {s['mean_final_hv_fraction']:.4f} |"
+        )
+    lines += ["", f"Best other method's median / ours: {result['ratio_best_other_to_ours_median']}"]
+    (RESULTS / "search_efficiency.md").write_text("\n".join(lines) + "\n")
+    svg_plot(mean_curves, reference_hv, RESULTS / "search_efficiency.svg")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
