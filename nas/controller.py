@@ -26,8 +26,6 @@ from workers.evaluator import evaluate_configs
 from workers.profiler import measure_latency
 from workers.trainer import SupernetTrainer
 
-STAGES = ("train", "profile", "search", "front", "done")
-
 #: What the evaluator measures of every subnet, besides latency per hardware target.
 SUBNET_METRICS = ("accuracy", "test_accuracy", "macs", "params")
 

@@ -565,19 +565,10 @@ def _run_record(row: TrainingRunRow) -> TrainingRunRecord:
 def _subnet_records(
     session: Session, rows: list[SubnetRow], ids: Select[Any] | list[int]
 ) -> list[SubnetRecord]:
-    """Attach metrics to subnet rows with one query over ``ids`` (a list or a subquery)."""
-    metrics: dict[int, dict[str, float]] = {row.id: {} for row in rows}
-    m = MeasurementRow
-    query = select(m.subnet_id, m.metric, m.target, m.value).where(m.subnet_id.in_(ids))
-    for subnet_id, metric, target, value in session.execute(query):
-        if subnet_id in metrics:
-            metrics[subnet_id][metric_key(metric, target)] = value
-    predicted: dict[int, dict[str, float]] = {row.id: {} for row in rows}
-    p = PredictionRow
-    query = select(p.subnet_id, p.metric, p.target, p.value).where(p.subnet_id.in_(ids))
-    for subnet_id, metric, target, value in session.execute(query):
-        if subnet_id in predicted:
-            predicted[subnet_id][metric_key(metric, target)] = value
+    """Attach measured and predicted metrics to subnet rows, one query each over ``ids`` (a
+    list or a subquery)."""
+    metrics = _values_by_subnet(session, MeasurementRow, rows, ids)
+    predicted = _values_by_subnet(session, PredictionRow, rows, ids)
     return [
         SubnetRecord(
             id=row.id,
@@ -590,3 +581,18 @@ def _subnet_records(
         )
         for row in rows
     ]
+
+
+def _values_by_subnet(
+    session: Session,
+    table: type[MeasurementRow] | type[PredictionRow],
+    rows: list[SubnetRow],
+    ids: Select[Any] | list[int],
+) -> dict[int, dict[str, float]]:
+    """``{subnet id: {metric key: value}}`` from a table of (subnet, metric, target, value)."""
+    values: dict[int, dict[str, float]] = {row.id: {} for row in rows}
+    query = select(table.subnet_id, table.metric, table.target, table.value)
+    for subnet_id, metric, target, value in session.execute(query.where(table.subnet_id.in_(ids))):
+        if subnet_id in values:
+            values[subnet_id][metric_key(metric, target)] = value
+    return values
