@@ -16,7 +16,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 from nas.errors import NasError
 from nas.store import FrontRecord, JobRecord, Store, resolve_url, split_metric_key
@@ -148,6 +148,34 @@ def cmd_export(args: argparse.Namespace, console: Console) -> int:
     with Store(resolve_url(args.db)) as store:
         path = export_subnet(store, args.job, args.subnet, args.format, args.output)
     console.print(f"wrote {path}", highlight=False)
+    return 0
+
+
+def cmd_curves_replay(args: argparse.Namespace, console: Console) -> int:
+    from nas.predictors.replay import load_curves, replay
+
+    curves = load_curves(args.file, args.metric)
+    report = replay(curves, orders=args.orders, subset=args.subset, mode=args.mode, seed=args.seed)
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    table = Table(
+        Column("method", no_wrap=True), "epochs", "P(best)", "top3", "regret", "rho25",
+        "cov90",
+        title=f"{args.file}: {report['orders']} orders of {report['subset']} curves, "
+        f"{report['metric']} ({report['mode']})",
+    )  # fmt: skip
+    for m in report["methods"]:
+        extra = [m.get("spearman_at_25"), m.get("coverage_90")]
+        table.add_row(
+            m["name"],
+            f"{m['epochs_fraction']:.1%}",
+            f"{m['p_best_kept']:.2f}",
+            f"{m['top3_recall']:.2f}",
+            f"{m['mean_regret']:.4f}",
+            *("-" if v is None else f"{v:.2f}" for v in extra),
+        )
+    console.print(table)
     return 0
 
 
@@ -289,6 +317,20 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", required=True, choices=["pt2", "onnx", "safetensors"])
     export.add_argument("-o", "--output", required=True, help="output directory")
     export.set_defaults(handler=cmd_export)
+
+    curves = sub.add_parser("curves", help="learning curves and early stopping")
+    curves_sub = curves.add_subparsers(dest="curves_command", required=True)
+    replay = curves_sub.add_parser(
+        "replay", help="replay finished curves as searches: our stopping rule vs Optuna's"
+    )
+    replay.add_argument("file", help="curves, one JSON object per line (.jsonl or .jsonl.gz)")
+    replay.add_argument("--metric", default="val_acc", help="the curve to replay")
+    replay.add_argument("--mode", choices=["max", "min"], default="max")
+    replay.add_argument("--orders", type=int, default=50, help="random orders (default 50)")
+    replay.add_argument("--subset", type=int, default=100, help="curves per order (default 100)")
+    replay.add_argument("--seed", type=int, default=0)
+    replay.add_argument("--json", action="store_true")
+    replay.set_defaults(handler=cmd_curves_replay)
     return parser
 
 

@@ -9,12 +9,14 @@ from nas.predictors.curves import (
     StopDecision,
     StoppingRule,
 )
+from nas.predictors.pruner import LearningCurvePruner
 
 __all__ = [
     "ConfigFeaturizer",
     "CurveDataError",
     "CurvePrediction",
     "LearningCurvePredictor",
+    "LearningCurvePruner",
     "StopDecision",
     "StoppingRule",
 ]

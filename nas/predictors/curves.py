@@ -6,21 +6,22 @@ values, first and second differences, slope, noise) and on its hyperparameter an
 features, with one model per number of epochs seen. Past that paper, every prediction is a
 calibrated predictive distribution, not a point:
 
-- ``LearningCurvePredictor`` fits, for every prefix length ``t``, a ridge regression of the
-  remaining change ``final - curve[t-1]`` and a second ridge regression of the log size of its
-  leave-one-out error (how uncertain runs *like this one* are). Its leave-one-out residuals,
-  divided by that scale, are conformal scores; their empirical distribution (pooled over nearby
-  prefix lengths) turns ``mean + scale * score`` into a predictive distribution whose intervals
-  hold their nominal coverage on runs the model was not fitted on. Ridge regressions have
-  closed-form leave-one-out errors, so a refit takes milliseconds and a decision microseconds.
-- ``StoppingRule`` stops a run when the probability that it ends at least as well as the
-  ``k``-th best final value finished so far, minus ``tolerance``, is below ``threshold``.
-  While fewer than ``min_finished`` runs have finished it falls back to a median rule on the
-  finished curves (see ``StoppingRule``).
+- ``LearningCurvePredictor`` predicts, for a run seen for ``t`` epochs, the change still to
+  come from the finished runs most like it at ``t`` (nearest neighbours in the curve summary
+  and the config features, neighbourhood chosen by exact leave-one-out error). A regression
+  that averages what similar runs did never extrapolates a trend past anything a finished run
+  did, which keeps it sane on a dozen finished runs, where a linear model on two dozen
+  features is not. Leave-one-out errors divided by the neighbours' spread are conformal
+  scores; their empirical distribution (pooled over nearby ``t``) turns ``mean + scale *
+  score`` into a predictive distribution whose intervals hold their coverage on new runs.
+- ``StoppingRule`` stops a run when the probability that it ends above the ``k``-th best
+  final value finished so far, minus ``tolerance``, has been below ``threshold`` for
+  ``patience`` epochs; it never stops a run before ``min_finished`` runs have finished.
 
 Everything here is plain numpy and scikit-learn-style objects: ``__init__`` stores settings,
 ``fit`` learns (state ends in ``_``) and returns ``self``. The Optuna pruner on top of this is
-``nas.predictors.pruner.LearningCurvePruner``.
+``nas.predictors.pruner.LearningCurvePruner``; ``nas.predictors.replay`` replays finished
+curves to compare stopping rules.
 """
 
 from __future__ import annotations
@@ -170,12 +171,45 @@ def curve_summary(prefixes: np.ndarray) -> np.ndarray:
     )
 
 
+def prefix_summaries(curve: np.ndarray) -> np.ndarray:
+    """``curve_summary`` of every prefix ``curve[:t]``, ``t = 1..len(curve)``, in one pass."""
+    y = np.asarray(curve, dtype=float)
+    length = len(y)
+    t = np.arange(1, length + 1)
+    cy = np.concatenate([[0.0], np.cumsum(y)])
+    d1 = np.diff(y)
+    cd = np.concatenate([[0.0], np.cumsum(d1)])
+    cd2 = np.concatenate([[0.0], np.cumsum(d1**2)])
+    out = np.zeros((length, len(CURVE_FEATURES)))
+    out[:, 0] = y
+    out[:, 1] = (cy[t] - cy[np.maximum(0, t - 3)]) / np.minimum(t, 3)
+    out[:, 2] = np.maximum.accumulate(y)
+    out[:, 3] = y[0]
+    later = t > 1  # prefixes with at least one difference: d1[: t - 1]
+    tl = t[later]
+    out[later, 4] = d1[tl - 2]
+    m3 = np.minimum(tl - 1, 3)
+    out[later, 5] = (cd[tl - 1] - cd[tl - 1 - m3]) / m3
+    half = tl // 2
+    out[later, 7] = (y[tl - 1] - y[half - 1]) / (tl - half)
+    longer = t > 2
+    tl = t[longer]
+    m4 = np.minimum(tl - 1, 4)
+    out[longer, 6] = (d1[tl - 2] - d1[tl - 1 - m4]) / (m4 - 1)
+    m5 = np.minimum(tl - 1, 5)
+    mean = (cd[tl - 1] - cd[tl - 1 - m5]) / m5
+    square = (cd2[tl - 1] - cd2[tl - 1 - m5]) / m5
+    out[longer, 8] = np.sqrt(np.maximum(square - mean**2, 0.0))
+    return out
+
+
 # ---- one model per prefix length: nearest finished runs -------------------------------------
 @dataclass(frozen=True)
 class _PrefixModel:
     """Finished runs seen at prefix length ``t``: their standardised curve and config features,
-    how much each still changed (``change = final - curve[t-1]``), and the neighbourhood
-    (``k`` runs, config distance weighted by ``config_weight``) that predicted best."""
+    their final values, and the settings that predicted them best by leave-one-out error: the
+    ``k`` nearest runs in ``curve distance + config_weight * config distance``, and the
+    ``anchor`` (``ANCHORS``) that the neighbours' changes are added to."""
 
     curve_center: np.ndarray
     curve_scale: np.ndarray
@@ -183,98 +217,76 @@ class _PrefixModel:
     config_center: np.ndarray
     config_scale: np.ndarray
     config_z: np.ndarray
-    change: np.ndarray
+    change: np.ndarray  # final - anchor, per finished run
+    anchor: int
     k: int
     config_weight: float
     noise: float
-    reach: float
 
     @classmethod
     def fit(
         cls,
         curve_x: np.ndarray,
         config_x: np.ndarray,
-        change: np.ndarray,
+        final: np.ndarray,
         noise: float,
         ks: Sequence[int],
         config_weights: Sequence[float],
     ) -> tuple[_PrefixModel, np.ndarray]:
-        """The model and the leave-one-out scores ``(change - mean) / scale`` of its runs."""
-        n = len(change)
+        """The model and the leave-one-out scores ``(final - mean) / scale`` of its runs."""
+        n = len(final)
         curve_center, curve_scale, curve_z = _standardise(curve_x)
         config_center, config_scale, config_z = _standardise(config_x)
-        curve_d = _mean_sq_distances(curve_z, curve_z)
-        config_d = _mean_sq_distances(config_z, config_z)
-        best = (math.inf, 1, 0.0, np.empty(0, dtype=int))
-        for weight in config_weights:
-            distance = curve_d + weight * config_d
-            np.fill_diagonal(distance, math.inf)
-            order = np.argsort(distance, axis=1, kind="stable")
-            for k in ks:
-                k = min(k, n - 1)
-                neighbours = order[:, :k]
-                error = float(np.mean((change - change[neighbours].mean(axis=1)) ** 2))
-                if error < best[0] - 1e-15:
-                    best = (error, k, weight, neighbours)
-        _, k, weight, neighbours = best
-        distance = curve_d + weight * config_d
-        far = np.take_along_axis(distance, neighbours, axis=1).mean(axis=1)
-        reach = float(np.median(far)) * REACH + 1e-12
-        others = np.ones((n, n), dtype=bool)
-        np.fill_diagonal(others, False)
-        rest = change[None, :].repeat(n, 0)[others].reshape(n, n - 1)
-        mean, scale = _mix(change[neighbours], far, reach, rest, noise)
-        scores = (change - mean) / scale
+        weights = np.asarray(config_weights, dtype=float)
+        distances = (
+            _mean_sq_distances(curve_z, curve_z)[None]
+            + weights[:, None, None] * (_mean_sq_distances(config_z, config_z)[None])
+        )  # (weights, n, n)
+        distances[:, np.arange(n), np.arange(n)] = math.inf
+        orders = np.argsort(distances, axis=2, kind="stable")
+        changes = final[:, None] - _anchors(curve_x)  # (n, anchors)
+        best: tuple[float, int, int, int] = (math.inf, 0, 1, 0)
+        for k in sorted({min(k, n - 1) for k in ks}):
+            predicted = changes[orders[:, :, :k]].mean(axis=2)  # (weights, n, anchors)
+            errors = ((changes[None] - predicted) ** 2).mean(axis=1)  # (weights, anchors)
+            w, anchor = np.unravel_index(int(np.argmin(errors)), errors.shape)
+            if errors[w, anchor] < best[0] - 1e-15:
+                best = (float(errors[w, anchor]), int(anchor), k, int(w))
+        _, anchor, k, w = best
+        neighbours = orders[w, :, :k]
+        change = changes[:, anchor]
+        near = change[neighbours]
+        mean = near.mean(axis=1)
+        scale = np.sqrt(near.var(axis=1) + noise**2)
         model = cls(
             curve_center, curve_scale, curve_z, config_center, config_scale, config_z,
-            change, k, weight, noise, reach,
+            change, anchor, k, float(weights[w]), noise,
         )  # fmt: skip
-        return model, scores
+        return model, (change - mean) / scale
 
     def predict(self, curve_x: np.ndarray, config_x: np.ndarray) -> tuple[float, float]:
-        """Mean and scale of the change still to come, from the ``k`` nearest finished runs."""
-        distance = _mean_sq_distances(
-            ((curve_x - self.curve_center) / self.curve_scale)[None, :], self.curve_z
-        )[0]
-        if self.config_weight:
-            distance = (
-                distance
-                + self.config_weight
-                * _mean_sq_distances(
-                    ((config_x - self.config_center) / self.config_scale)[None, :], self.config_z
-                )[0]
-            )
+        """Mean and scale of the final value, from the ``k`` nearest finished runs."""
+        distance = (((curve_x - self.curve_center) / self.curve_scale - self.curve_z) ** 2).mean(1)
+        if self.config_weight and self.config_z.shape[1]:
+            config_z = (config_x - self.config_center) / self.config_scale
+            distance += self.config_weight * ((config_z - self.config_z) ** 2).mean(1)
         if self.k < len(distance):
             nearest = np.argpartition(distance, self.k - 1)[: self.k]
         else:
             nearest = np.arange(len(distance))
-        mean, scale = _mix(
-            self.change[nearest][None, :],
-            np.array([distance[nearest].mean()]),
-            self.reach,
-            self.change[None, :],
-            self.noise,
-        )
-        return float(mean[0]), float(scale[0])
+        near = self.change[nearest]
+        mean, var = float(near.mean()), float(near.var())
+        anchor = (curve_x[0], curve_x[1], 0.0)[self.anchor]
+        return float(anchor + mean), math.sqrt(var + self.noise**2)
 
 
-REACH = 0.5
+ANCHORS = ("last", "mean_last3", "zero")
 
 
-def _mix(
-    near: np.ndarray, far: np.ndarray, reach: float, everyone: np.ndarray, noise: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and scale of the neighbours' changes, mixed with those of all finished runs by
-    how far the neighbours are: weight ``far / (far + reach)`` on all runs."""
-    share = (far / (far + reach))[:, None]
-    mean_near, mean_all = near.mean(axis=1, keepdims=True), everyone.mean(axis=1, keepdims=True)
-    mean = (1 - share) * mean_near + share * mean_all
-    var = (
-        (1 - share) * near.var(axis=1, keepdims=True)
-        + share * everyone.var(axis=1, keepdims=True)
-        + share * (1 - share) * (mean_near - mean_all) ** 2
-    )
-    return mean[:, 0], np.sqrt(var[:, 0] + noise**2)
+def _anchors(curve_x: np.ndarray) -> np.ndarray:
+    """What the predicted change is added to: the last value, the mean of the last three, or
+    nothing (the final value is predicted directly)."""
+    return np.column_stack([curve_x[:, 0], curve_x[:, 1], np.zeros(len(curve_x))])
 
 
 def _standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -291,16 +303,14 @@ def _mean_sq_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return ((a[:, None, :] - b[None, :, :]) ** 2).mean(axis=2)
 
 
-def curve_noise(curves: np.ndarray, window: int = 10) -> float:
-    """How much a finished curve still jitters: the median, over curves, of the spread of its
-    last ``window`` points around their straight-line trend (a floor on any prediction error)."""
-    tail = curves[:, -min(window, curves.shape[1]) :]
-    if tail.shape[1] < 3:
-        return 0.0
-    steps = np.arange(tail.shape[1], dtype=float)
-    slope, intercept = np.polyfit(steps, tail.T, 1)
-    residual = tail - (np.outer(slope, steps) + intercept[:, None])
-    return float(np.median(residual.std(axis=1)))
+def curve_noise(curves: np.ndarray, finals: np.ndarray, tail: float = 0.2) -> float:
+    """How far a finished run's final value still lands from where its curve was late on: the
+    root mean square of ``final - curve[t]`` over the last ``tail`` of the epochs (at least
+    one) of every finished run. A floor on the spread of any prediction: evaluation noise and
+    last-minute moves that no model of the curve can foresee."""
+    width = max(1, round(tail * curves.shape[1]))
+    late = curves[:, -width - 1 : -1]
+    return float(np.sqrt(np.mean((finals[:, None] - late) ** 2)))
 
 
 # ---- predictive distribution ---------------------------------------------------------------------
@@ -308,7 +318,10 @@ def curve_noise(curves: np.ndarray, window: int = 10) -> float:
 class CurvePrediction:
     """A predictive distribution of a run's final value: ``mean + scale * S`` where ``S`` follows
     the empirical distribution of the calibration ``scores`` (sorted); ``low``/``high`` bound its
-    central interval of probability ``level``."""
+    central interval of probability ``level``, clipped to ``bounds``. ``resolution`` is the
+    metric's step (e.g. 1/300 for an accuracy on 300 samples; 0 for a continuous metric):
+    "above" a value means at least one step above it, read off the continuous distribution at
+    half a step. Beyond ``bounds`` (the metric's possible range) there is no probability."""
 
     mean: float
     low: float
@@ -316,18 +329,42 @@ class CurvePrediction:
     level: float
     scale: float
     scores: np.ndarray
+    resolution: float = 0.0
+    bounds: tuple[float, float] = (-math.inf, math.inf)
 
     def prob_above(self, value: float) -> float:
-        """P(final >= value), conservative by one calibration point (split-conformal style)."""
-        z = (value - self.mean) / self.scale
+        """P(final > value), conservative by one calibration point (split-conformal style)."""
+        cut = value + self.resolution / 2
+        if cut > self.bounds[1]:
+            return 0.0
+        z = (cut - self.mean) / self.scale
         above = len(self.scores) - int(np.searchsorted(self.scores, z, side="left"))
         return min(1.0, (above + 1) / (len(self.scores) + 1))
 
     def prob_below(self, value: float) -> float:
-        """P(final <= value), conservative in the same way."""
-        z = (value - self.mean) / self.scale
+        """P(final < value), conservative in the same way."""
+        cut = value - self.resolution / 2
+        if cut < self.bounds[0]:
+            return 0.0
+        z = (cut - self.mean) / self.scale
         below = int(np.searchsorted(self.scores, z, side="right"))
         return min(1.0, (below + 1) / (len(self.scores) + 1))
+
+
+def metric_resolution(values: np.ndarray) -> float:
+    """The step of a quantised metric (an accuracy on ``n`` samples moves by ``1/n``), or 0.
+
+    The smallest gap between distinct values is the step when the small gaps (up to 20 steps)
+    are whole multiples of it, to a tenth of a step (stored values are often rounded).
+    """
+    distinct = np.unique(np.round(np.asarray(values, dtype=float).ravel(), 9))
+    gaps = np.diff(distinct)
+    if len(gaps) < 3:
+        return 0.0
+    step = float(gaps.min())
+    multiples = gaps[gaps <= 20 * step] / step
+    whole = np.abs(multiples - np.round(multiples)) <= 0.1
+    return step if whole.mean() >= 0.95 else 0.0
 
 
 class LearningCurvePredictor:
@@ -338,17 +375,17 @@ class LearningCurvePredictor:
     final values (default: the last point of each curve). ``predict(curve, config)`` takes a
     partial curve of length ``1..T-1`` and returns a ``CurvePrediction``.
 
-    For each prefix length ``t`` the model is a nearest-neighbour regression of the change
-    still to come, ``final - curve[t-1]``, on the prefix's summary (``curve_summary``) and the
-    config's features: the mean change of the ``k`` finished runs nearest in
-    ``curve distance + w * config distance`` (standardised features), ``k`` in ``ks`` and ``w``
-    in ``config_weights`` picked by exact leave-one-out error. The scale is the spread of those
-    neighbours' changes together with ``curve_noise`` (the jitter no model can predict).
-    Leave-one-out errors divided by their scale are the conformal scores; pooled over prefix
-    lengths within ``pool * T`` of ``t``, their empirical distribution gives the probabilities
-    and the central interval of probability ``level``. A model that averages the changes of
-    similar runs never extrapolates a trend beyond what some finished run did, which keeps it
-    sane on a dozen runs.
+    For each prefix length ``t`` the model is a nearest-neighbour regression on the prefix's
+    summary (``curve_summary``) and the config's features: the ``k`` finished runs nearest in
+    ``curve distance + w * config distance`` (standardised features) give their mean change
+    from an anchor (the last value, the mean of the last three, or nothing) to their final
+    value; ``k`` in ``ks``, ``w`` in ``config_weights`` and the anchor are picked by exact
+    leave-one-out error. The scale is the spread of those neighbours' changes together with
+    ``curve_noise`` (how far finals still land from late values). Leave-one-out errors divided
+    by their scale are the conformal scores; pooled over prefix lengths within ``pool * T`` of
+    ``t``, their empirical distribution gives the probabilities and the central interval of
+    probability ``level``. ``bounds`` is the metric's possible range (``(0, 1)`` for an
+    accuracy), if it has one; the step of a quantised metric is learned (``resolution_``).
     """
 
     def __init__(
@@ -358,12 +395,14 @@ class LearningCurvePredictor:
         pool: float = 0.1,
         ks: Sequence[int] = (3, 5, 8, 12),
         config_weights: Sequence[float] = (0.0, 0.25, 0.5, 1.0),
+        bounds: tuple[float, float] | None = None,
         featurizer: ConfigFeaturizer | None = None,
     ):
         self.level = level
         self.pool = pool
         self.ks = ks
         self.config_weights = config_weights
+        self.bounds = bounds
         self.featurizer = featurizer
 
     # -- fitting
@@ -394,16 +433,15 @@ class LearningCurvePredictor:
             raise CurveDataError(f"finals must be {n} finite numbers")
         featurizer = self.featurizer or ConfigFeaturizer()
         config_x = featurizer.fit(configs).transform(configs)
-        noise = curve_noise(y)
+        noise = curve_noise(y, final)
+        self.resolution_ = metric_resolution(np.concatenate([y.ravel(), final]))
+        self.bounds_ = (-math.inf, math.inf) if self.bounds is None else tuple(self.bounds)
+        if not self.bounds_[0] < self.bounds_[1]:
+            raise ValueError(f"bounds must be (low, high) with low < high, got {self.bounds}")
         models, raw_scores = [], []
         for t in range(1, horizon):
             model, scores = _PrefixModel.fit(
-                curve_summary(y[:, :t]),
-                config_x,
-                final - y[:, t - 1],
-                noise,
-                self.ks,
-                self.config_weights,
+                curve_summary(y[:, :t]), config_x, final, noise, self.ks, self.config_weights
             )
             models.append(model)
             raw_scores.append(scores)
@@ -429,31 +467,56 @@ class LearningCurvePredictor:
             raise CurveDataError(
                 f"a partial curve must have 1 to {self.horizon_ - 1} points, got {t}"
             )
-        return self._distribution(y, self.featurizer_._row(config))
+        return self._distribution(t, curve_summary(y[None, :])[0], self.featurizer_._row(config))
 
     def predict_prefixes(
         self, curve: Sequence[float], config: Mapping[str, Any]
     ) -> list[CurvePrediction]:
         """``predict`` for every prefix ``curve[:t]``, ``t = 1..min(len(curve), T-1)``."""
         _check_fitted(self, "models_")
-        y = np.asarray(curve, dtype=float)
+        y = np.asarray(curve, dtype=float)[: self.horizon_ - 1]
         config_x = self.featurizer_._row(config)
-        last = min(len(y), self.horizon_ - 1)
-        return [self._distribution(y[:t], config_x) for t in range(1, last + 1)]
+        summaries = prefix_summaries(y)
+        return [self._distribution(t, summaries[t - 1], config_x) for t in range(1, len(y) + 1)]
 
-    def _distribution(self, y: np.ndarray, config_x: np.ndarray) -> CurvePrediction:
-        t = len(y)
-        change, scale = self.models_[t - 1].predict(curve_summary(y[None, :])[0], config_x)
-        mean = float(y[-1]) + change
+    def score(
+        self,
+        curves: Sequence[Sequence[float]],
+        configs: Sequence[Mapping[str, Any]],
+        fraction: float = 0.25,
+    ) -> dict[str, float]:
+        """Quality on finished runs it was not fitted on: ``spearman``, the rank correlation of
+        the means predicted from the first ``fraction`` of each curve with the true finals, and
+        ``coverage``, how often the ``level`` interval held the final, over every prefix."""
+        from scipy.stats import spearmanr
+
+        _check_fitted(self, "models_")
+        y = _curve_matrix(curves)
+        t = min(self.horizon_ - 1, max(1, round(fraction * self.horizon_)))
+        means, inside = [], []
+        for curve, config in zip(y, configs, strict=True):
+            predictions = self.predict_prefixes(curve[:-1], config)
+            means.append(predictions[t - 1].mean)
+            inside += [p.low <= curve[-1] <= p.high for p in predictions]
+        return {
+            "spearman": float(spearmanr(means, y[:, -1])[0]),
+            "coverage": float(np.mean(inside)),
+        }
+
+    def _distribution(self, t: int, curve_x: np.ndarray, config_x: np.ndarray) -> CurvePrediction:
+        mean, scale = self.models_[t - 1].predict(curve_x, config_x)
         scores = self.scores_[t - 1]
         lo, hi = _conformal_quantiles(scores, (1.0 - self.level) / 2.0)
+        floor, ceiling = self.bounds_
         return CurvePrediction(
-            mean=mean,
-            low=mean + scale * lo,
-            high=mean + scale * hi,
+            mean=min(max(mean, floor), ceiling),
+            low=min(max(mean + scale * lo, floor), ceiling),
+            high=min(max(mean + scale * hi, floor), ceiling),
             level=self.level,
             scale=scale,
             scores=scores,
+            resolution=self.resolution_,
+            bounds=self.bounds_,
         )
 
 
@@ -491,23 +554,28 @@ class StoppingRule:
     """Stop a run when it is unlikely to end among the best runs finished so far.
 
     With at least ``min_finished`` finished runs and a fitted ``predictor``, a run is stopped at
-    epoch ``t >= min_epochs`` when
+    epoch ``t >= min_epochs`` when, at each of its last ``patience`` epochs,
 
-        P(final >= k-th best finished final - tolerance) < threshold     (mode "max";
-        P(final <= k-th best finished final + tolerance) < threshold      mode "min")
+        P(final > k-th best finished final - tolerance) < threshold     (mode "max")
+        P(final < k-th best finished final + tolerance) < threshold     (mode "min")
 
-    under the predictor's calibrated distribution: "stop when the chance that this run would
-    make the current top ``k`` (up to ``tolerance``) is below ``threshold``". With fewer than
-    ``k`` finished runs the bar is the worst finished final.
+    under the predictor's calibrated distribution: "stop when the chance that this run ends
+    above the current ``k``-th best (less ``tolerance``) is below ``threshold``, and has been
+    for ``patience`` epochs in a row". "Above" means by at least one step of a quantised
+    metric (``CurvePrediction``): tying the ``k``-th best does not change the top ``k``. With
+    fewer than ``k`` finished runs the bar is the worst finished final. ``patience`` guards
+    against one noisy reading: a run is judged every epoch, and one low probability among many
+    readings is to be expected even of a good run.
 
-    Fallback while fewer than ``min_finished`` runs have finished (too few to fit on): a median
-    rule on the finished curves, stop at epoch ``t >= fallback_after * T`` when the run's value
-    is worse than the median of the finished runs' values at the same epoch (by more than
-    ``tolerance``), once at least ``fallback_min_runs`` runs have finished; before that, never
-    stop. It costs little, needs no model, and a run it lets through only adds to the data.
+    Before ``min_finished`` runs have finished, the rule never stops a run (the fallback).
+    This is the cheapest way to get a model: a run stopped then would not shorten the wait
+    for ``min_finished`` finished runs, it would only add its own epochs; and the first runs,
+    trained in full whatever they look like, are the one sample of finished runs that no
+    stopping decision has filtered, which the predictor needs to learn what late bloomers look
+    like. Its cost is ``min_finished`` full runs.
 
-    ``decide`` is pure: the caller refits the predictor when runs finish and passes the finished
-    curves (their last points are the finals unless ``finished_finals`` is given).
+    ``decide`` is pure: the caller refits ``predictor`` when runs finish (on the finished runs)
+    and passes their final values.
     """
 
     def __init__(
@@ -517,68 +585,97 @@ class StoppingRule:
         mode: Literal["max", "min"] = "max",
         k: int = 3,
         tolerance: float = 0.0,
-        threshold: float = 0.05,
-        min_finished: int = 10,
+        threshold: float = 0.06,
+        patience: int = 2,
         min_epochs: int = 1,
-        fallback_after: float = 0.1,
-        fallback_min_runs: int = 3,
+        min_finished: int = 10,
     ):
         self.predictor = predictor
         self.mode = mode
         self.k = k
         self.tolerance = tolerance
         self.threshold = threshold
-        self.min_finished = min_finished
+        self.patience = patience
         self.min_epochs = min_epochs
-        self.fallback_after = fallback_after
-        self.fallback_min_runs = fallback_min_runs
+        self.min_finished = min_finished
 
     def validate(self) -> None:
         """Checks the settings; ``decide`` calls it. Errors name the setting and its value."""
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got mode={self.mode!r}")
-        if self.k < 1:
-            raise ValueError(f"k must be >= 1, got k={self.k}")
+        for name in ("k", "patience", "min_epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {name}={getattr(self, name)}")
+        if self.min_finished < 2:
+            raise ValueError(f"min_finished must be >= 2, got min_finished={self.min_finished}")
         if self.tolerance < 0:
             raise ValueError(f"tolerance must be >= 0, got tolerance={self.tolerance}")
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got threshold={self.threshold}")
-        if self.min_finished < 2:
-            raise ValueError(f"min_finished must be >= 2, got min_finished={self.min_finished}")
-        if not 0.0 <= self.fallback_after <= 1.0:
-            raise ValueError(f"fallback_after must be in [0, 1], got {self.fallback_after}")
 
     def decide(
         self,
         curve: Sequence[float],
         config: Mapping[str, Any],
-        finished_curves: Sequence[Sequence[float]],
-        finished_finals: Sequence[float] | None = None,
+        finished_finals: Sequence[float],
     ) -> StopDecision:
-        """Whether to stop the run with partial ``curve`` (epochs ``1..t``) and ``config``."""
+        """Whether to stop the run with partial ``curve`` (epochs ``1..t``) and ``config``,
+        given the final values of the runs finished so far."""
         self.validate()
         t = len(curve)
-        sign = 1.0 if self.mode == "max" else -1.0
-        finals = (
-            [float(c[-1]) for c in finished_curves]
-            if finished_finals is None
-            else [float(v) for v in finished_finals]
-        )
+        if not self.uses_model(t, len(finished_finals)):
+            return StopDecision(
+                stop=False,
+                mean=None,
+                low=None,
+                high=None,
+                threshold=None,
+                probability=None,
+                reason=(
+                    f"continue: fallback, {len(finished_finals)} of {self.min_finished} "
+                    "finished runs needed to fit the predictor"
+                ),
+            )
         predictor = self.predictor
-        use_model = (
-            len(finals) >= self.min_finished
+        assert predictor is not None
+        recent = [
+            predictor.predict(curve[: t - back], config) for back in range(min(self.patience, t))
+        ]
+        return self.decide_from(t, recent, finished_finals)
+
+    def uses_model(self, t: int, n_finished: int) -> bool:
+        """Whether the decision at epoch ``t`` is the model's (else the fallback's)."""
+        predictor = self.predictor
+        return (
+            n_finished >= self.min_finished
             and predictor is not None
             and hasattr(predictor, "models_")
             and t < predictor.horizon_
         )
-        if not use_model:
-            return self._fallback(curve, finished_curves, sign)
-        ranked = sorted(finals, key=lambda v: -sign * v)
-        bar = ranked[min(self.k, len(ranked)) - 1] - sign * self.tolerance
-        prediction = predictor.predict(curve, config)
-        probability = prediction.prob_above(bar) if sign > 0 else prediction.prob_below(bar)
-        stop = t >= self.min_epochs and probability < self.threshold
-        verb = "stop" if stop else "continue"
+
+    def bar(self, finished_finals: Sequence[float]) -> float:
+        """The value a run must reach: ``k``-th best finished final, minus ``tolerance``."""
+        sign = 1.0 if self.mode == "max" else -1.0
+        ranked = sorted((float(v) for v in finished_finals), key=lambda v: -sign * v)
+        return ranked[min(self.k, len(ranked)) - 1] - sign * self.tolerance
+
+    def decide_from(
+        self, t: int, recent: Sequence[CurvePrediction], finished_finals: Sequence[float]
+    ) -> StopDecision:
+        """The model's decision at epoch ``t`` from the predictions made at epochs ``t``,
+        ``t-1``, ... (newest first; ``decide`` makes them, a caller that already has them, such
+        as a replay, passes them)."""
+        above = self.mode == "max"
+        bar = self.bar(finished_finals)
+        probabilities = [
+            p.prob_above(bar) if above else p.prob_below(bar) for p in recent[: self.patience]
+        ]
+        stop = (
+            t >= self.min_epochs
+            and len(probabilities) == self.patience
+            and max(probabilities) < self.threshold
+        )
+        prediction, probability = recent[0], probabilities[0]
         return StopDecision(
             stop=stop,
             mean=prediction.mean,
@@ -587,34 +684,10 @@ class StoppingRule:
             threshold=bar,
             probability=probability,
             reason=(
-                f"{verb}: P(final {'>=' if sign > 0 else '<='} {bar:.4g}) = {probability:.3f}"
-                f" {'<' if stop else '>='} {self.threshold} (top {self.k} of {len(finals)})"
-            ),
-        )
-
-    def _fallback(
-        self, curve: Sequence[float], finished_curves: Sequence[Sequence[float]], sign: float
-    ) -> StopDecision:
-        t = len(curve)
-        peers = [float(c[t - 1]) for c in finished_curves if len(c) > t]
-        if len(peers) < self.fallback_min_runs:
-            return StopDecision(
-                False, None, None, None, None, None, f"fallback: {len(peers)} finished runs"
-            )
-        horizon = max(len(c) for c in finished_curves)
-        bar = float(np.median(peers)) - sign * self.tolerance
-        value = float(curve[-1])
-        stop = t >= max(self.min_epochs, self.fallback_after * horizon) and sign * (value - bar) < 0
-        return StopDecision(
-            stop=stop,
-            mean=None,
-            low=None,
-            high=None,
-            threshold=bar,
-            probability=None,
-            reason=(
-                f"fallback {'stop' if stop else 'continue'}: value {value:.4g} vs median "
-                f"{bar:.4g} of {len(peers)} finished runs at epoch {t}"
+                f"{'stop' if stop else 'continue'}: P(final {'>' if above else '<'} "
+                f"{bar:.4g}) = {probability:.3f} {'<' if stop else '>='} {self.threshold}"
+                f"{f' for {self.patience} epochs' if stop and self.patience > 1 else ''}"
+                f" (top {self.k} of {len(finished_finals)} finished runs)"
             ),
         )
 

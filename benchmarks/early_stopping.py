@@ -1,0 +1,298 @@
+"""Early stopping on real learning curves: our learning-curve rule against Optuna's pruners.
+
+Pass the curve files (one JSON object per line, ``.jsonl`` or ``.jsonl.gz``: ``id``, a
+``config`` object and a list per metric; the format of ``nas curves replay``, see README.md):
+
+    .venv/bin/python benchmarks/early_stopping.py RUNS_A.jsonl.gz RUNS_B.jsonl.gz
+
+On one core it takes a few minutes per file. It writes ``benchmarks/results/early_stopping.json``
+(every figure) and ``early_stopping.md`` (the tables), and does, on the same random orders for
+every method (``--orders`` random subsets of ``--subset`` curves, each in a random order):
+
+1. every file: all methods of ``nas curves replay`` side by side, ours at its defaults;
+2. every file: a sweep of our rule's settings (``GRID``), i.e. its trade-off between epochs
+   and regret; against each Optuna pruner, the cheapest setting of ours whose mean regret is
+   no higher than the pruner's ("at equal or lower regret, fewer epochs?");
+3. generalisation: the setting tuned on file A (the cheapest in the sweep that keeps the true
+   best with probability >= 0.95 and the true top 3 with recall >= 0.90 there), with its
+   figures on every other file B (predictors are always fitted on B's own finished runs:
+   what transfers is the rule's settings);
+4. decision latency: ``StoppingRule.decide`` on one core, predictor fitted on 30 runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nas.predictors.curves import LearningCurvePredictor
+from nas.predictors.replay import (
+    CurveSet,
+    LearningCurveMethod,
+    RuleSettings,
+    default_methods,
+    fraction_bounds,
+    load_curves,
+    replay,
+)
+
+RESULTS = Path(__file__).parent / "results"
+TARGETS = {"epochs_fraction": 0.35, "p_best_kept": 0.95, "top3_recall": 0.90}
+DEFAULT = RuleSettings()
+GRID = [
+    *(replace(DEFAULT, threshold=t) for t in (0.01, 0.02, 0.04, 0.06, 0.1, 0.2, 0.3)),
+    replace(DEFAULT, min_finished=8),
+    *(replace(DEFAULT, threshold=t, patience=1, min_finished=5) for t in (0.1, 0.2, 0.3, 0.5)),
+]
+FIGURES = ("epochs_fraction", "p_best_kept", "top3_recall", "mean_regret")
+
+
+def label(settings: RuleSettings) -> str:
+    changed = {k: v for k, v in asdict(settings).items() if v != getattr(DEFAULT, k)}
+    return ", ".join(f"{k}={v}" for k, v in changed.items()) or "defaults"
+
+
+def meets(row: dict[str, Any]) -> bool:
+    return (
+        row["p_best_kept"] >= TARGETS["p_best_kept"]
+        and row["top3_recall"] >= TARGETS["top3_recall"]
+    )
+
+
+def sweep(curves: CurveSet, args: argparse.Namespace) -> list[dict[str, Any]]:
+    methods = [LearningCurveMethod(s, name=label(s)) for s in GRID]
+    report = replay(curves, methods, orders=args.orders, subset=args.subset, seed=args.seed)
+    return [{"settings": asdict(s), **m} for s, m in zip(GRID, report["methods"], strict=True)]
+
+
+def tuned(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The cheapest setting that meets the keep targets (else the one that keeps the best most)."""
+    good = [r for r in rows if meets(r)]
+    if good:
+        return min(good, key=lambda r: r["epochs_fraction"])
+    return max(rows, key=lambda r: (r["p_best_kept"], r["top3_recall"], -r["epochs_fraction"]))
+
+
+def versus_optuna(main: dict[str, Any], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for pruner in main["methods"]:
+        if not pruner["name"].startswith("optuna-"):
+            continue
+        fair = [r for r in rows if r["mean_regret"] <= pruner["mean_regret"] + 1e-12]
+        ours = min(fair, key=lambda r: r["epochs_fraction"]) if fair else None
+        out.append(
+            {
+                "pruner": pruner["name"],
+                "pruner_epochs": pruner["epochs_fraction"],
+                "pruner_regret": pruner["mean_regret"],
+                "ours": ours["name"] if ours else None,
+                "ours_epochs": ours["epochs_fraction"] if ours else None,
+                "ours_regret": ours["mean_regret"] if ours else None,
+                "fewer_epochs": bool(ours and ours["epochs_fraction"] < pruner["epochs_fraction"]),
+            }
+        )
+    return out
+
+
+def latency(curves: CurveSet, seed: int) -> dict[str, float]:
+    """Milliseconds per ``StoppingRule.decide`` (predictor fitted on 30 runs), and per refit."""
+    rng = random.Random(seed)
+    index = rng.sample(range(len(curves.ids)), 31)
+    fit_on, query = index[:30], index[30]
+    started = time.perf_counter()
+    predictor = LearningCurvePredictor(bounds=fraction_bounds(curves.values)).fit(
+        curves.values[fit_on], [curves.configs[i] for i in fit_on]
+    )
+    fit_ms = 1e3 * (time.perf_counter() - started)
+    rule = DEFAULT.rule(predictor, "max")
+    finals = curves.values[fit_on, -1].tolist()
+    times = []
+    for _ in range(300):
+        t = rng.randrange(1, curves.horizon)
+        started = time.perf_counter()
+        rule.decide(curves.values[query, :t].tolist(), curves.configs[query], finals)
+        times.append(time.perf_counter() - started)
+    return {
+        "decide_ms_median": 1e3 * float(np.median(times)),
+        "decide_ms_p99": 1e3 * float(np.quantile(times, 0.99)),
+        "fit_30_runs_ms": fit_ms,
+    }
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [
+        "# Early stopping on real learning curves",
+        "",
+        f"{result['orders']} random orders of {result['subset']} curves per file, "
+        f"{result['seconds']:.0f} s on one core. Produced by `benchmarks/early_stopping.py`; "
+        "every figure is in `early_stopping.json`.",
+        "",
+        "Targets for ours: epochs <= 35%, P(best kept) >= 0.95, top-3 recall >= 0.90, "
+        "90% interval coverage in [0.85, 0.95].",
+    ]
+    for name, f in result["files"].items():
+        lines += [
+            "",
+            f"## {name} ({f['runs']} runs, {f['epochs']} epochs)",
+            "",
+            "| method | epochs | P(best kept) | top-3 recall | mean regret |",
+            "|---|---|---|---|---|",
+        ]
+        for m in f["replay"]["methods"]:
+            lines.append(
+                f"| {m['name']} | {m['epochs_fraction']:.1%} | {m['p_best_kept']:.2f} | "
+                f"{m['top3_recall']:.2f} | {m['mean_regret']:.4f} |"
+            )
+        ours = f["replay"]["methods"][0]
+        lines += [
+            "",
+            f"Ours: Spearman of predicted and true finals at 25% of the curve "
+            f"{ours['spearman_at_25']:.3f}; 90% interval coverage {ours['coverage_90']:.3f}.",
+            "",
+            "Against each Optuna pruner, the cheapest setting of ours (sweep below) with no "
+            "higher mean regret:",
+            "",
+            "| pruner | its epochs | its regret | ours | our epochs | our regret | fewer? |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for v in f["versus_optuna"]:
+            ours_epochs = "-" if v["ours"] is None else f"{v['ours_epochs']:.1%}"
+            ours_regret = "-" if v["ours"] is None else f"{v['ours_regret']:.4f}"
+            lines.append(
+                f"| {v['pruner']} | {v['pruner_epochs']:.1%} | {v['pruner_regret']:.4f} | "
+                f"{v['ours'] or 'none'} | {ours_epochs} | {ours_regret} | "
+                f"{'yes' if v['fewer_epochs'] else 'no'} |"
+            )
+        lines += [
+            "",
+            "Sweep of our settings:",
+            "",
+            "| setting | epochs | P(best kept) | top-3 recall | mean regret | coverage |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in f["sweep"]:
+            lines.append(
+                f"| {r['name']} | {r['epochs_fraction']:.1%} | {r['p_best_kept']:.2f} | "
+                f"{r['top3_recall']:.2f} | {r['mean_regret']:.4f} | {r['coverage_90']:.3f} |"
+            )
+    lines += [
+        "",
+        "## Generalisation: tuned on one file, evaluated on the other",
+        "",
+        "| tuned on | setting | evaluated on | epochs | P(best kept) | top-3 recall | "
+        "mean regret | targets met |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for g in result["generalisation"]:
+        e = g["evaluated"]
+        lines.append(
+            f"| {g['tuned_on']} | {g['setting']} | {g['evaluated_on']} | "
+            f"{e['epochs_fraction']:.1%} | {e['p_best_kept']:.2f} | {e['top3_recall']:.2f} | "
+            f"{e['mean_regret']:.4f} | {'yes' if g['targets_met'] else 'no'} |"
+        )
+    lat = result["latency"]
+    lines += [
+        "",
+        "## Decision latency (one core)",
+        "",
+        "| file | decide, median | decide, p99 | refit on 30 runs |",
+        "|---|---|---|---|",
+        *(
+            f"| {name} | {v['decide_ms_median']:.3f} ms | {v['decide_ms_p99']:.3f} ms | "
+            f"{v['fit_30_runs_ms']:.0f} ms |"
+            for name, v in lat.items()
+        ),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("files", nargs="+", help="curve files (.jsonl or .jsonl.gz)")
+    parser.add_argument("--metric", default="val_acc")
+    parser.add_argument("--orders", type=int, default=50)
+    parser.add_argument("--subset", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    files: dict[str, Any] = {}
+    lat: dict[str, Any] = {}
+    for path in args.files:
+        curves = load_curves(path, args.metric)
+        name = Path(path).name.split(".")[0]
+        print(f"{name}: {len(curves.ids)} runs, replaying every method", flush=True)
+        main_report = replay(
+            curves, default_methods(), orders=args.orders, subset=args.subset, seed=args.seed
+        )
+        main_report["file"] = Path(path).name  # results name the file, not where it lies
+        print(f"{name}: sweeping {len(GRID)} settings of ours", flush=True)
+        rows = sweep(curves, args)
+        files[name] = {
+            "runs": len(curves.ids),
+            "epochs": curves.horizon,
+            "replay": main_report,
+            "sweep": rows,
+            "versus_optuna": versus_optuna(main_report, rows),
+        }
+        lat[name] = latency(curves, args.seed)
+    generalisation = []
+    for a, fa in files.items():
+        chosen = tuned(fa["sweep"])
+        for b, fb in files.items():
+            if b == a:
+                continue
+            evaluated = next(r for r in fb["sweep"] if r["settings"] == chosen["settings"])
+            generalisation.append(
+                {
+                    "tuned_on": a,
+                    "evaluated_on": b,
+                    "setting": chosen["name"],
+                    "settings": chosen["settings"],
+                    "on_tuning_file": {k: chosen[k] for k in FIGURES},
+                    "evaluated": {k: evaluated[k] for k in (*FIGURES, "coverage_90")},
+                    "targets_met": meets(evaluated)
+                    and evaluated["epochs_fraction"] <= TARGETS["epochs_fraction"],
+                }
+            )
+    import optuna
+    import sklearn
+
+    result = {
+        "orders": args.orders,
+        "subset": args.subset,
+        "seed": args.seed,
+        "metric": args.metric,
+        "defaults": asdict(DEFAULT),
+        "targets": TARGETS,
+        "files": files,
+        "generalisation": generalisation,
+        "latency": lat,
+        "seconds": time.perf_counter() - started,
+        "environment": {
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "optuna": optuna.__version__,
+            "scikit-learn": sklearn.__version__,
+            "machine": platform.machine(),
+        },
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "early_stopping.json").write_text(json.dumps(result, indent=1))
+    (args.out / "early_stopping.md").write_text(markdown(result))
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,321 @@
+"""Learning-curve prediction, the stopping rule, its Optuna pruner and the replay command.
+
+Fixtures: synthetic curves made here, and ``tests/data/*_curves_40.jsonl.gz``, 40 real curves
+(``val_acc`` and ``val_loss``, 50 epochs) sampled from each of the mnist1d and digits runs
+that the early-stopping benchmark replays.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+
+from nas.cli import main
+from nas.errors import NasError
+from nas.predictors import (
+    ConfigFeaturizer,
+    CurveDataError,
+    LearningCurvePredictor,
+    LearningCurvePruner,
+    StopDecision,
+    StoppingRule,
+)
+from nas.predictors.curves import curve_summary, metric_resolution, prefix_summaries
+from nas.predictors.replay import load_curves, replay
+
+DATA = Path(__file__).parent / "data"
+MNIST1D = DATA / "mnist1d_curves_40.jsonl.gz"
+DIGITS = DATA / "digits_curves_40.jsonl.gz"
+EPOCHS = 20
+
+
+def synthetic_run(rng: np.random.Generator, quality: float, speed: float) -> list[float]:
+    """A saturating accuracy curve: ``quality`` is where it ends, ``speed`` how fast it gets
+    there, plus a little evaluation noise."""
+    t = np.arange(1, EPOCHS + 1)
+    curve = 0.1 + (quality - 0.1) * (1 - np.exp(-t / speed)) + rng.normal(0, 0.004, EPOCHS)
+    return np.clip(curve, 0, 1).tolist()
+
+
+def synthetic_runs(n: int, seed: int = 0) -> tuple[list[list[float]], list[dict]]:
+    rng = np.random.default_rng(seed)
+    curves, configs = [], []
+    for _ in range(n):
+        quality = float(rng.uniform(0.3, 0.95))
+        speed = float(rng.uniform(1.5, 6.0))
+        curves.append(synthetic_run(rng, quality, speed))
+        configs.append({"optimizer": str(rng.choice(["adam", "sgd"])), "lr": 10**-speed})
+    return curves, configs
+
+
+# ---- features ------------------------------------------------------------------------------
+def test_featurizer_one_hot_log_scale_and_unknown_values() -> None:
+    configs = [
+        {"optimizer": "adam", "lr": 1e-3, "depth": 2, "seed": 7},
+        {"optimizer": "sgd", "lr": 1e-1, "depth": 4, "seed": 8, "kernel": 3},
+    ]
+    featurizer = ConfigFeaturizer().fit(configs)
+    assert featurizer.names() == ["depth", "kernel", "log10(lr)", "optimizer=adam", "optimizer=sgd"]
+    rows = featurizer.transform([*configs, {"optimizer": "rmsprop", "lr": 1e-2, "new_key": "x"}])
+    np.testing.assert_allclose(rows[0], [2, 3, -3, 1, 0])  # missing kernel: the mean seen
+    np.testing.assert_allclose(rows[1], [4, 3, -1, 0, 1])
+    np.testing.assert_allclose(rows[2], [3, 3, -2, 0, 0])  # unseen optimizer: no column set
+
+
+def test_prefix_summaries_match_curve_summary() -> None:
+    curve = np.random.default_rng(1).random(12)
+    expected = np.vstack([curve_summary(curve[None, :t]) for t in range(1, 13)])
+    np.testing.assert_allclose(prefix_summaries(curve), expected, atol=1e-12)
+
+
+def test_metric_resolution() -> None:
+    assert metric_resolution(np.arange(0, 301) / 300) == pytest.approx(1 / 300)
+    assert metric_resolution(np.random.default_rng(0).random(300)) == 0.0
+
+
+# ---- predictor -----------------------------------------------------------------------------
+def test_predictor_interval_covers_held_out_finals() -> None:
+    curves, configs = synthetic_runs(240)
+    predictor = LearningCurvePredictor().fit(curves[:120], configs[:120])
+    inside = [
+        p.low <= curve[-1] <= p.high
+        for curve, config in zip(curves[120:], configs[120:], strict=True)
+        for p in predictor.predict_prefixes(curve[:-1], config)
+    ]
+    assert 0.85 <= np.mean(inside) <= 0.97
+
+
+def test_predictor_on_real_curves_ranks_and_covers() -> None:
+    curves = load_curves(MNIST1D)
+    values, configs = curves.values, list(curves.configs)
+    predictor = LearningCurvePredictor(bounds=(0, 1)).fit(values[:28], configs[:28])
+    quality = predictor.score(values[28:], configs[28:])
+    assert quality["spearman"] > 0.6
+    assert quality["coverage"] >= 0.75
+    for i in range(28, 40):
+        p = predictor.predict(values[i, :12], configs[i])
+        assert 0.0 <= p.low <= p.mean <= p.high <= 1.0
+
+
+def test_predictor_errors_are_nas_errors() -> None:
+    with pytest.raises(NasError, match="not fitted"):
+        LearningCurvePredictor().predict([0.1], {})
+    curves, configs = synthetic_runs(10)
+    predictor = LearningCurvePredictor().fit(curves, configs)
+    with pytest.raises(CurveDataError, match="1 to 19 points"):
+        predictor.predict(curves[0], configs[0])
+    with pytest.raises(CurveDataError, match="one length"):
+        LearningCurvePredictor().fit([[0.1, 0.2], [0.1, 0.2, 0.3]], [{}, {}])
+
+
+# ---- the stopping rule ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def fitted() -> tuple[LearningCurvePredictor, list[float]]:
+    curves, configs = synthetic_runs(30, seed=3)
+    return LearningCurvePredictor().fit(curves, configs), [c[-1] for c in curves]
+
+
+def test_rule_stops_a_clearly_bad_run(fitted) -> None:
+    predictor, finals = fitted
+    bad = synthetic_run(np.random.default_rng(5), quality=0.35, speed=2.0)[:8]
+    decision = StoppingRule(predictor).decide(bad, {"optimizer": "sgd", "lr": 0.01}, finals)
+    assert decision.stop
+    assert decision.probability is not None and decision.probability < 0.1
+    assert decision.threshold == pytest.approx(sorted(finals)[-3])
+    assert decision.reason.startswith("stop: P(final >")
+
+
+def test_rule_keeps_a_clearly_good_run(fitted) -> None:
+    predictor, finals = fitted
+    good = synthetic_run(np.random.default_rng(6), quality=0.97, speed=2.0)[:8]
+    decision = StoppingRule(predictor).decide(good, {"optimizer": "adam", "lr": 0.01}, finals)
+    assert not decision.stop
+    assert decision.probability is not None and decision.probability > 0.5
+    assert decision.low is not None and decision.high is not None
+    assert decision.low <= decision.mean <= decision.high
+
+
+def test_rule_never_stops_before_enough_runs_finished(fitted) -> None:
+    predictor, finals = fitted
+    bad = [0.1] * 10
+    decision = StoppingRule(predictor, min_finished=10).decide(bad, {}, finals[:9])
+    assert not decision.stop
+    assert decision.mean is None and decision.probability is None
+    assert "fallback" in decision.reason and "9 of 10" in decision.reason
+    assert StoppingRule(predictor, min_finished=10).decide(bad, {}, finals).stop
+
+
+def test_rule_patience_needs_consecutive_low_probabilities(fitted) -> None:
+    predictor, finals = fitted
+    bad = [0.1] * 5
+    assert not StoppingRule(predictor, patience=2).decide(bad[:1], {}, finals).stop
+    assert StoppingRule(predictor, patience=2).decide(bad, {}, finals).stop
+
+
+def test_rule_in_min_mode_stops_a_high_loss() -> None:
+    curves, configs = synthetic_runs(30, seed=4)
+    losses = [[1 - v for v in c] for c in curves]
+    predictor = LearningCurvePredictor().fit(losses, configs)
+    finals = [c[-1] for c in losses]
+    rule = StoppingRule(predictor, mode="min")
+    assert rule.decide([0.9] * 8, {}, finals).stop
+    assert not rule.decide(
+        [1 - v for v in synthetic_run(np.random.default_rng(9), 0.97, 2.0)[:8]], {}, finals
+    ).stop
+
+
+def test_decision_is_plain_frozen_data(fitted) -> None:
+    predictor, finals = fitted
+    decision = StoppingRule(predictor).decide([0.2, 0.3, 0.35], {}, finals)
+    assert isinstance(decision, StopDecision)
+    json.dumps(asdict(decision))
+    with pytest.raises(AttributeError):
+        decision.stop = True  # type: ignore[misc]
+
+
+def test_rule_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="threshold=1.5"):
+        StoppingRule(threshold=1.5).decide([0.1], {}, [])
+    with pytest.raises(ValueError, match="mode='up'"):
+        StoppingRule(mode="up").decide([0.1], {}, [])  # type: ignore[arg-type]
+
+
+# ---- Optuna ----------------------------------------------------------------------------------
+def test_pruner_in_a_real_study_prunes_bad_and_keeps_good() -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    decisions: list[StopDecision] = []
+    pruner = LearningCurvePruner(EPOCHS, on_decision=lambda trial, d: decisions.append(d))
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    rng = np.random.default_rng(0)
+
+    def objective(trial: optuna.Trial) -> float:
+        quality = trial.suggest_float("quality", 0.3, 0.97)
+        speed = trial.suggest_float("speed", 1.5, 6.0)
+        curve = synthetic_run(rng, quality, speed)
+        for epoch, value in enumerate(curve):
+            trial.report(value, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return curve[-1]
+
+    startup = np.linspace(0.3, 0.95, 12)
+    for quality in startup:
+        study.enqueue_trial({"quality": float(quality), "speed": 3.0})
+    study.enqueue_trial({"quality": 0.32, "speed": 2.0})  # clearly bad
+    study.enqueue_trial({"quality": 0.97, "speed": 2.0})  # clearly good
+    study.optimize(objective, n_trials=14)
+    states = [t.state for t in study.trials]
+    assert states[:12] == [optuna.trial.TrialState.COMPLETE] * 12  # the fallback: never stop
+    assert states[12] == optuna.trial.TrialState.PRUNED
+    assert states[13] == optuna.trial.TrialState.COMPLETE
+    assert study.best_trial.number == 13
+    assert any(d.stop for d in decisions) and any("fallback" in d.reason for d in decisions)
+
+
+def test_pruner_in_a_minimising_study() -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        direction="minimize", pruner=LearningCurvePruner(EPOCHS, min_finished=8)
+    )
+    rng = np.random.default_rng(1)
+
+    def objective(trial: optuna.Trial) -> float:
+        quality = trial.suggest_float("quality", 0.3, 0.97)
+        curve = [1 - v for v in synthetic_run(rng, quality, 3.0)]
+        for epoch, value in enumerate(curve):
+            trial.report(value, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return curve[-1]
+
+    for quality in [*np.linspace(0.4, 0.95, 8), 0.31]:
+        study.enqueue_trial({"quality": float(quality)})
+    study.optimize(objective, n_trials=9)
+    assert study.trials[-1].state == optuna.trial.TrialState.PRUNED
+
+
+# ---- replay and the command ------------------------------------------------------------------
+def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(["curves", "replay", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_replay_json_shape(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(capsys, str(DIGITS), "--orders", "2", "--subset", "25", "--json")
+    assert code == 0
+    report = json.loads(out)
+    assert report["orders"] == 2 and report["subset"] == 25
+    names = [m["name"] for m in report["methods"]]
+    assert names[0] == "learning-curve"
+    optuna_names = [n for n in names if n.startswith("optuna-")]
+    assert len(optuna_names) == 5
+    assert {"no-stopping", "top-10%-at-20%"} <= set(names)
+    for m in report["methods"]:
+        for key in ("epochs_fraction", "p_best_kept", "top3_recall"):
+            assert 0.0 <= m[key] <= 1.0
+        assert m["mean_regret"] >= 0.0
+    ours = report["methods"][0]
+    assert -1.0 <= ours["spearman_at_25"] <= 1.0 and 0.0 <= ours["coverage_90"] <= 1.0
+    no_stopping = report["methods"][names.index("no-stopping")]
+    assert no_stopping["epochs_fraction"] == 1.0 and no_stopping["mean_regret"] == 0.0
+
+
+def test_replay_of_a_loss_in_min_mode() -> None:
+    curves = load_curves(MNIST1D, "val_loss")
+    report = replay(curves, orders=1, subset=30, mode="min")
+    assert [m["name"] for m in report["methods"]][0] == "learning-curve"
+    assert all(m["mean_regret"] >= 0 for m in report["methods"])
+
+
+def test_replay_table(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(capsys, str(MNIST1D), "--orders", "1", "--subset", "15")
+    assert code == 0 and "learning" in out and "optuna" in out and "no-stopping" in out
+
+
+@pytest.mark.parametrize(
+    ("content", "args", "expected"),
+    [
+        (None, [], "does not exist"),
+        ('{"id": 1, "config": {}, "val_acc": [0.1, 0.2]}\n{"id": 2,', [], ":2: not valid JSON"),
+        (
+            '{"id": 1, "config": {}, "val_acc": [0.1, 0.2]}\n',
+            ["--metric", "acc"],
+            "no metric 'acc'",
+        ),
+        ('{"id": 1, "config": {}, "val_acc": [0.1, "x"]}\n', [], "list of finite numbers"),
+        ('{"id": 1, "val_acc": [0.1, 0.2]}\n{"id": 2, "val_acc": [0.1]}\n', [], "one length"),
+    ],
+)
+def test_bad_curve_files_are_one_line_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content, args, expected
+) -> None:
+    path = tmp_path / "curves.jsonl"
+    if content is not None:
+        path.write_text(content)
+    code, out, err = run_cli(capsys, str(path), "--json", *args)
+    assert code == 2
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("nas: error: ") and expected in lines[0]
+
+
+def test_gzip_that_is_not_gzip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "curves.jsonl.gz"
+    path.write_text("plain text")
+    code, _, err = run_cli(capsys, str(path))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "cannot read" in err
+
+
+def test_fixture_is_gzip_jsonl() -> None:
+    with gzip.open(MNIST1D, "rt") as lines:
+        first = json.loads(next(iter(lines)))
+    assert {"id", "config", "val_acc", "val_loss"} <= set(first)
+    assert len(first["val_acc"]) == 50 and math.isfinite(first["val_acc"][0])
