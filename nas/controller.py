@@ -18,7 +18,7 @@ import ray
 from nas.errors import ClusterError
 from nas.pareto import non_dominated
 from nas.search import Iteration, run_nsga2, run_predictive_search
-from nas.spec import METRICS, JobSpec
+from nas.spec import JobSpec, directions
 from nas.store import Measurement, Store, SubnetRecord, config_key, metric_key
 from search_spaces import Config, SearchSpace
 from workers.datasets import load_dataset
@@ -139,9 +139,6 @@ class Controller:
         else:
             self._search_predictive()
 
-    def _objective_directions(self) -> list[str]:
-        return [METRICS[k.partition("@")[0]] for k in self.spec.objectives]
-
     def _profiled(self) -> list[SubnetRecord]:
         return [s for s in self.store.subnets(self.job.id) if s.source == "profile"]
 
@@ -159,7 +156,7 @@ class Controller:
             self.space,
             evaluate,
             objectives=self.spec.objectives,
-            directions=self._objective_directions(),
+            directions=directions(self.spec.objectives),
             constraints=[c.model_dump() for c in self.spec.constraints],
             population=settings.population,
             generations=settings.generations,
@@ -202,7 +199,7 @@ class Controller:
             self.space,
             evaluate,
             objectives=self.spec.objectives,
-            directions=self._objective_directions(),
+            directions=directions(self.spec.objectives),
             initial=[s.config for s in profiled],
             budget=settings.budget,
             reference=reference,
@@ -227,7 +224,7 @@ class Controller:
         for target, keys in fronts.items():
             measured = [s for s in subnets if all(k in s.metrics for k in keys)]
             rows = [[s.metrics[k] for k in keys] for s in measured]
-            chosen = non_dominated(rows, [METRICS[k.partition("@")[0]] for k in keys])
+            chosen = non_dominated(rows, directions(keys))
             self.store.save_front(self.job.id, target, keys, [measured[i].id for i in chosen])
 
     def _feasible(self, subnet: SubnetRecord) -> bool:

@@ -149,6 +149,11 @@ class JobSpec(Strict):
         return next(t for t in self.hardware_targets if t.name == name)
 
 
+def directions(keys: list[str]) -> list[str]:
+    """``"max"`` or ``"min"`` for each metric key (``latency_ms@cpu`` is minimised)."""
+    return [METRICS[key.partition("@")[0]] for key in keys]
+
+
 def check_metric_key(key: str, targets: list[str]) -> None:
     """``accuracy``, ``macs``, ``params`` or ``latency_ms@TARGET`` with a declared target."""
     metric, _, target = key.partition("@")
