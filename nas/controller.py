@@ -19,7 +19,7 @@ from nas.errors import ClusterError
 from nas.pareto import non_dominated
 from nas.search import Iteration, run_nsga2, run_predictive_search
 from nas.spec import JobSpec, directions
-from nas.store import Measurement, Store, SubnetRecord, config_key, metric_key
+from nas.store import Measurement, Store, SubnetRecord, metric_key
 from search_spaces import Config, SearchSpace
 from workers.datasets import load_dataset
 from workers.evaluator import evaluate_configs
@@ -176,10 +176,10 @@ class Controller:
         keys = {*self.spec.objectives, *(c.metric for c in self.spec.constraints)}
         exact = {k: f for k, f in exact.items() if k in keys}
         profiled = self._profiled()
-        by_config = {config_key(s.config): s for s in profiled}
-        smallest = by_config[config_key(self.space.min())].metrics
-        largest = by_config[config_key(self.space.max())].metrics
-        reference = [smallest[self.spec.objectives[0]], largest[self.spec.objectives[1]]]
+        reference = _worst(
+            [[s.metrics[k] for k in self.spec.objectives] for s in profiled],
+            directions(self.spec.objectives),
+        )
 
         def evaluate(configs: list[Config]) -> list[dict[str, float]]:
             return [s.metrics for s in self.measure(configs, "search", "measuring")]
@@ -216,8 +216,8 @@ class Controller:
     def save_fronts(self) -> None:
         """Store the measured front of the search objectives and one per hardware target."""
         self._enter("front")
-        cost = self.spec.objectives[1]
-        fronts = {cost.partition("@")[2]: list(self.spec.objectives)}
+        named = [k.partition("@")[2] for k in self.spec.objectives if "@" in k]
+        fronts = {(named or [""])[0]: list(self.spec.objectives)}
         for target in self.spec.hardware_targets:
             fronts.setdefault(target.name, ["accuracy", metric_key("latency_ms", target.name)])
         subnets = [s for s in self.store.subnets(self.job.id) if self._feasible(s)]
@@ -308,6 +308,14 @@ class Controller:
         except ray.exceptions.RayTaskError as error:
             cause = error.as_instanceof_cause()
             raise ClusterError(f"a Ray task failed: {type(cause).__name__}: {cause}") from error
+
+
+def _worst(rows: list[list[float]], directions: list[str]) -> list[float]:
+    """The worst value of each column: the hypervolume's reference point."""
+    matrix = np.asarray(rows, dtype=float)
+    return [
+        float(c.min() if d == "max" else c.max()) for c, d in zip(matrix.T, directions, strict=True)
+    ]
 
 
 def _chunks(items: list, size: int) -> list[list]:

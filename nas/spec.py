@@ -116,8 +116,8 @@ class JobSpec(Strict):
     dataset: DatasetSpec
     training: TrainingSpec
     hardware_targets: list[HardwareTargetSpec] = Field(min_length=1)
-    #: Two metric keys: accuracy and one cost (``macs``, ``params`` or ``latency_ms@TARGET``).
-    objectives: list[str] = Field(default=["accuracy", "macs"], min_length=2, max_length=2)
+    #: Accuracy, then one or two costs (``macs``, ``params`` or ``latency_ms@TARGET``).
+    objectives: list[str] = Field(default=["accuracy", "macs"], min_length=2, max_length=3)
     constraints: list[ConstraintSpec] = Field(default_factory=list)
     search: SearchSpec = SearchSpec()
 
@@ -128,8 +128,12 @@ class JobSpec(Strict):
             raise ValueError(f"hardware target names must be unique, got {names}")
         for key in [*self.objectives, *(c.metric for c in self.constraints)]:
             check_metric_key(key, names)
-        if self.objectives[0] != "accuracy" or self.objectives[1] == "accuracy":
-            raise ValueError(f"objectives must be ['accuracy', COST], got {self.objectives}")
+        costs = self.objectives[1:]
+        if self.objectives[0] != "accuracy" or "accuracy" in costs or len(set(costs)) < len(costs):
+            raise ValueError(
+                f"objectives must be ['accuracy', COST] or ['accuracy', COST, OTHER_COST],"
+                f" got {self.objectives}"
+            )
         return self
 
     def space(self) -> SearchSpace:
