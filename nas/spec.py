@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from nas.errors import SpecError
 from search_spaces import ConfigError, SearchSpace, get_space
-from workers.datasets import dataset_names, load_dataset
+from workers.datasets import dataset_names, generated_dataset_names, load_dataset
 
 #: Metrics a subnet is measured on; latency depends on a hardware target (``latency_ms@cpu``).
 METRICS = {"accuracy": "max", "macs": "min", "params": "min", "latency_ms": "min"}
@@ -33,6 +33,9 @@ class SearchSpaceSpec(Strict):
 class DatasetSpec(Strict):
     name: str
     val_fraction: float = Field(0.2, gt=0.0, lt=0.5)
+    #: Generated datasets only: validate on this many fresh samples instead of ``val_fraction``
+    #: of the training split (ranking subnets needs a large validation set; generating is free).
+    val_samples: int | None = Field(None, ge=100, le=100_000)
     split_seed: int = 0
 
     @field_validator("name")
@@ -41,6 +44,15 @@ class DatasetSpec(Strict):
         if name not in dataset_names():
             raise ValueError(f"unknown dataset '{name}'; available: {', '.join(dataset_names())}")
         return name
+
+    @model_validator(mode="after")
+    def generated_if_val_samples(self) -> DatasetSpec:
+        if self.val_samples is not None and self.name not in generated_dataset_names():
+            raise ValueError(
+                f"val_samples needs a generated dataset ({', '.join(generated_dataset_names())}),"
+                f" not '{self.name}'"
+            )
+        return self
 
 
 class OptimizerSpec(Strict):
