@@ -61,6 +61,44 @@ class OptimizerSpec(Strict):
     weight_decay: float = Field(0.0, ge=0.0)
 
 
+class RangeSpec(Strict):
+    """Where a tuned hyperparameter is sampled: a float range (``log`` for scale-free ones such
+    as a learning rate) or a list of ``choices``."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: list[int] | None = None
+
+    @model_validator(mode="after")
+    def range_or_choices(self) -> RangeSpec:
+        if (self.choices is None) == (self.low is None or self.high is None):
+            raise ValueError("give either 'low' and 'high' or 'choices'")
+        if self.choices is None and not 0 < self.low < self.high:  # type: ignore[operator]
+            raise ValueError(f"need 0 < low < high, got low={self.low}, high={self.high}")
+        if self.choices is not None and not self.choices:
+            raise ValueError("'choices' must not be empty")
+        return self
+
+
+#: What ``training.tune`` may vary between supernet training runs.
+TUNABLE = {"lr", "weight_decay", "batch_size", "random_subnets"}
+
+
+class EarlyStoppingSpec(Strict):
+    """The learning-curve stopping rule (``nas.predictors.curves.StoppingRule``): stop a run
+    when P(its final score ends above the ``k``-th best finished run's, less ``tolerance``) has
+    stayed below ``threshold`` for ``patience`` epochs; no run stops before ``min_finished``
+    runs have finished (the predictor needs them)."""
+
+    k: int = Field(1, ge=1)
+    tolerance: float = Field(0.0, ge=0.0)
+    threshold: float = Field(0.06, ge=0.0, le=1.0)
+    patience: int = Field(2, ge=1)
+    min_epochs: int = Field(1, ge=1)
+    min_finished: int = Field(10, ge=2)
+
+
 class TrainingSpec(Strict):
     epochs: int = Field(gt=0)
     batch_size: int = Field(128, ge=2)
@@ -70,6 +108,21 @@ class TrainingSpec(Strict):
     random_subnets: int = Field(2, ge=0)
     distillation: Literal["inplace", "none"] = "inplace"
     cpus: int = Field(1, ge=1)
+    #: Supernet training runs; with more than one, each samples ``tune`` with Optuna's
+    #: ``sampler`` and the best finished run's supernet is profiled and searched.
+    trials: int = Field(1, ge=1)
+    tune: dict[str, RangeSpec] = Field(default_factory=dict)
+    sampler: Literal["tpe", "random"] = "tpe"
+    early_stopping: EarlyStoppingSpec | None = None
+
+    @model_validator(mode="after")
+    def tune_known(self) -> TrainingSpec:
+        unknown = sorted(set(self.tune) - TUNABLE)
+        if unknown:
+            raise ValueError(f"cannot tune '{unknown[0]}'; tunable: {', '.join(sorted(TUNABLE))}")
+        if self.trials > 1 and not self.tune:
+            raise ValueError(f"trials={self.trials} needs 'tune': runs would all be the same")
+        return self
 
 
 class HardwareTargetSpec(Strict):

@@ -124,3 +124,20 @@ class SearchIterationRecord:
     hypervolume: float
     scores: dict[str, Any]
     """Per learned metric key: the chosen regressor and its held-out rank correlations."""
+
+
+@dataclass(frozen=True)
+class StopDecisionRecord:
+    """The stopping rule's decision on run ``run_id`` after ``epoch``: the predicted final score
+    (``mean`` in ``[low, high]``), the bar it had to reach (``threshold``), the probability of
+    reaching it, and why; the predicted fields are ``None`` where the fallback decided."""
+
+    run_id: int
+    epoch: int
+    stop: bool
+    mean: float | None
+    low: float | None
+    high: float | None
+    threshold: float | None
+    probability: float | None
+    reason: str
