@@ -88,7 +88,7 @@ def test_constraints_from_set_constraint_and_constraints_func_are_learned() -> N
     ]:
         sampler = PredictorGuidedSampler(seed=2, constraints_func=constraints_func, **SMALL)
         study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
-        study.optimize(run, n_trials=20)
+        study.optimize(run, n_trials=16)
         guided = [t for t in study.trials if PREDICTED_KEY in t.system_attrs]
         assert guided and all(
             any(k.startswith("constraint:") for k in t.system_attrs[PREDICTED_KEY]) for t in guided
@@ -119,7 +119,7 @@ def _worker(url: str, name: str, n_trials: int) -> None:
     study.optimize(objective, n_trials=n_trials)
 
 
-def run_two_workers(url: str, n_trials: int = 9) -> optuna.Study:
+def run_two_workers(url: str, n_trials: int = 8) -> optuna.Study:
     """Two processes, same seed (the hardest case: they compute the same proposals), one study."""
     name = f"two-workers-{np.random.default_rng().integers(1 << 30)}"
     optuna.create_study(study_name=name, storage=url, directions=["maximize", "minimize"])
@@ -135,14 +135,14 @@ def run_two_workers(url: str, n_trials: int = 9) -> optuna.Study:
 
 def test_two_workers_on_sqlite_propose_distinct_configs(tmp_path: Path) -> None:
     study = run_two_workers(f"sqlite:///{tmp_path / 'optuna.db'}")
-    assert_complete_and_distinct(study, 18)
+    assert_complete_and_distinct(study, 16)
     claims = [t.system_attrs.get(PROPOSAL_KEY) for t in study.trials]
     assert len({c for c in claims if c is not None}) == sum(c is not None for c in claims)
 
 
 def test_two_workers_on_postgresql_propose_distinct_configs(postgres_url: str) -> None:
     study = run_two_workers(postgres_url)
-    assert_complete_and_distinct(study, 18)
+    assert_complete_and_distinct(study, 16)
     assert any(PREDICTED_KEY in t.system_attrs for t in study.trials)
 
 

@@ -27,6 +27,9 @@ from nas.predictors.surrogate import CANDIDATES, SubnetPredictor
 from nas.search.nsga import constraint_values
 
 Config = dict[str, Any]
+#: A positive learned metric whose largest value is this many times its smallest is fitted on
+#: a log scale.
+LOG_SPAN = 10.0
 #: Measured points in the order they were measured: each config with its metrics.
 Measured = Sequence[tuple[Config, Mapping[str, float]]]
 
@@ -98,12 +101,7 @@ class PredictiveStep:
         being measured elsewhere), topped up with random ones when the front has too few."""
         fit_on = self._fitting_set(measured)
         features = np.array([space.features(c) for c, _ in fit_on])
-        predictors = {
-            k: SubnetPredictor(self.candidates, seed=self.seed).fit(
-                features, [m[k] for _, m in fit_on]
-            )
-            for k in self.learned
-        }
+        predictors = {k: self._fit(features, [m[k] for _, m in fit_on]) for k in self.learned}
         problem = _PredictedProblem(space, self, predictors)
         algorithm = NSGA2(
             pop_size=self.population,
@@ -119,14 +117,32 @@ class PredictiveStep:
         models = {k: p.chosen_ for k, p in predictors.items()}
         return Proposal(chosen, problem.metrics(chosen) if chosen else [], models)
 
+    def _fit(self, features: np.ndarray, values: list[float]) -> SubnetPredictor | _LogScale:
+        predictor = SubnetPredictor(self.candidates, seed=self.seed)
+        if min(values) > 0 and max(values) >= LOG_SPAN * min(values):
+            return _LogScale(predictor.fit(features, np.log(values)))
+        return predictor.fit(features, values)
+
     def _fitting_set(self, measured: Measured) -> Measured:
         if self.max_fit is None or len(measured) <= self.max_fit:
             return measured
         rows = [[m[k] for k in self.objectives] for _, m in measured]
         front = non_dominated(rows, self.directions)[: self.max_fit]
-        newest = [i for i in reversed(range(len(measured))) if i not in set(front)]
+        on_front = set(front)
+        newest = [i for i in reversed(range(len(measured))) if i not in on_front]
         keep = sorted(front + newest[: self.max_fit - len(front)])
         return [measured[i] for i in keep]
+
+
+class _LogScale:
+    """A predictor fitted on the log of a positive metric that spans decades (MACs, latency):
+    products of sizes become sums a regressor fits well, and no prediction is negative."""
+
+    def __init__(self, predictor: SubnetPredictor):
+        self.predictor, self.chosen_ = predictor, predictor.chosen_
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        return np.exp(self.predictor.predict(features))
 
 
 class _PredictedProblem(Problem):
@@ -187,6 +203,11 @@ def _starting_population(
     best = [measured[i][0] for i in non_dominated(rows, step.directions)][: step.population]
     best += [space.sample(rng) for _ in range(step.population - len(best))]
     return np.array([space.encode(c) for c in best], dtype=float)
+
+
+def feasible(metrics: Mapping[str, float], constraints: Sequence[Mapping]) -> bool:
+    """Whether measured ``metrics`` meet every ``{metric, max, min}`` constraint."""
+    return all(v <= 0 for v in constraint_values(metrics, constraints))
 
 
 def _choose(space, problem, result, excluded, count, rng) -> list[Config]:

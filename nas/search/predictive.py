@@ -18,8 +18,8 @@ from pymoo.indicators.hv import HV
 
 from nas.pareto import minimisation_matrix
 from nas.predictors.surrogate import rank_scores
-from nas.search.engine import PredictiveStep, config_key
-from nas.search.nsga import Evaluate, constraint_values
+from nas.search.engine import PredictiveStep, config_key, feasible
+from nas.search.nsga import Evaluate
 from search_spaces import Config, SearchSpace
 
 
@@ -89,7 +89,7 @@ def run_predictive_search(
 
     def front_hypervolume() -> float:
         rows = [
-            [m[k] for k in objectives] for c, m in measured.values() if _feasible(m, constraints)
+            [m[k] for k in objectives] for c, m in measured.values() if feasible(m, constraints)
         ]
         return hypervolume(rows, directions, reference)
 
@@ -122,7 +122,3 @@ def run_predictive_search(
         if on_iteration:
             on_iteration(iteration)
     return iterations
-
-
-def _feasible(metrics: Mapping[str, float], constraints: Sequence[Mapping]) -> bool:
-    return all(v <= 0 for v in constraint_values(metrics, constraints))
