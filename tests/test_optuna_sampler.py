@@ -123,7 +123,8 @@ def run_two_workers(url: str, n_trials: int = 8) -> optuna.Study:
     """Two processes, same seed (the hardest case: they compute the same proposals), one study."""
     name = f"two-workers-{np.random.default_rng().integers(1 << 30)}"
     optuna.create_study(study_name=name, storage=url, directions=["maximize", "minimize"])
-    context = multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")  # fresh processes, imports done once
+    context.set_forkserver_preload([__name__])
     workers = [context.Process(target=_worker, args=(url, name, n_trials)) for _ in range(2)]
     for w in workers:
         w.start()

@@ -96,6 +96,7 @@ class PredictorGuidedSampler(BaseSampler):
         self._intersection = IntersectionSearchSpace()
         self._lock = threading.Lock()
         self._queue: list[tuple[Config, dict[str, float]]] = []
+        self._queue_space: dict[str, BaseDistribution] = {}  # the space the queue is a grid of
         self._step_at = 0  # finished trials the last step was fitted on
         self._step_size = 0
 
@@ -156,14 +157,15 @@ class PredictorGuidedSampler(BaseSampler):
     def _preferred(self, study, trial, space, measured, rng) -> list[tuple[Config, dict]]:
         """The current step's proposals, after a new step if enough trials have finished."""
         taken = _claimed(study, trial, space)
-        free = [(c, p) for c, p in self._queue if config_key(c) not in taken]
+        queue = self._queue if self._queue_space == space.distributions else []
+        free = [(c, p) for c, p in queue if config_key(c) not in taken]
         if not free or len(measured) - self._step_at >= self._step_size:
             step = self._step(study, measured)
             count = max(self.batch, int(STEP_FRACTION * len(measured)))
             proposal = step.propose(space, measured, count, rng, taken)
             free = list(zip(proposal.configs, proposal.predicted, strict=True))
             self._step_at, self._step_size = len(measured), count
-        self._queue = free
+        self._queue, self._queue_space = free, space.distributions
         return free
 
     def _step(self, study: optuna.Study, measured: Measured) -> PredictiveStep:
