@@ -88,6 +88,14 @@ def cmd_jobs(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def run_curves(points: list) -> dict[str, list[float]]:
+    """A run's curve points as one list per name, in epoch order."""
+    curves: dict[str, list[float]] = {}
+    for point in points:  # the store orders them by epoch
+        curves.setdefault(point.name, []).append(point.value)
+    return curves
+
+
 def cmd_status(args: argparse.Namespace, console: Console) -> int:
     with Store(resolve_url(args.db)) as store:
         job = store.get_job(args.job)
@@ -96,8 +104,9 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
         subnets = store.subnets(job.id)
         iterations = store.search_iterations(job.id)
         last_decision = {d.run_id: d for d in store.stop_decisions(job.id)}
+        curves = {r.id: run_curves(store.curve(r.id)) for r in runs}
     training = [
-        {"id": r.id, "status": r.status, "epochs_done": r.epochs_done}
+        {"id": r.id, "status": r.status, "epochs_done": r.epochs_done, "curve": curves[r.id]}
         | ({"tuned": r.hparams["tuned"]} if r.hparams.get("tuned") else {})
         | ({"last_decision": last_decision[r.id].reason} if r.id in last_decision else {})
         for r in runs
@@ -127,6 +136,9 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
         decision = f"; {r['last_decision']}" if "last_decision" in r else ""
         line = f"  training run {r['id']}: {r['status']}, {r['epochs_done']} epochs"
         console.print(line + (f" ({tuned})" if tuned else "") + decision, highlight=False)
+        largest = " ".join(f"{v:.3f}" for v in r["curve"].get("val_acc/largest", []))
+        if largest and len(runs) > 1:
+            console.print(f"    largest val acc by epoch: {largest}", highlight=False)
     for name, value in status["last_curve_point"].items():
         console.print(f"  last {name}: {value:.4f}", highlight=False)
     console.print(f"  subnets measured: {len(subnets)}", highlight=False)

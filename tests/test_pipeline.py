@@ -152,7 +152,13 @@ def test_jobs_and_status_json(job: dict, capsys: pytest.CaptureFixture) -> None:
     assert [(j["id"], j["name"], j["status"]) for j in jobs] == [(job["id"], "tiny", "done")]
     assert main(["status", job["id"], "--db", str(job["db"]), "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
-    assert status["training"] == [{"id": 1, "status": "done", "epochs_done": 2}]
+    [run] = status["training"]
+    assert (run["id"], run["status"], run["epochs_done"]) == (1, "done", 2)
+    assert {name: len(values) for name, values in run["curve"].items()} == {
+        "train_loss": 2,
+        "val_acc/largest": 2,
+        "val_acc/smallest": 2,
+    }
     assert set(status["last_curve_point"]) == {"train_loss", "val_acc/largest", "val_acc/smallest"}
     assert [(s["stage"], s["state"]) for s in status["stages"]] == [
         ("train", "done"),

@@ -9,7 +9,7 @@ import pytest
 from nas.pareto import non_dominated
 from nas.predictors.surrogate import SubnetPredictor
 from nas.search import hypervolume, run_nsga2, run_predictive_search
-from nas.search.predictive import spread_evenly
+from nas.search.engine import spread_evenly
 from search_spaces import SearchSpace
 
 

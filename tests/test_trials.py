@@ -127,3 +127,4 @@ def test_job_trains_several_runs_stops_losers_and_keeps_the_best(tmp_path, capsy
     status = json.loads(capsys.readouterr().out)
     stopped = [t for t in status["training"] if t["status"] == "stopped"]
     assert all(t["last_decision"].startswith("stop: P(final >") for t in stopped)
+    assert all(len(t["curve"]["val_acc/largest"]) == t["epochs_done"] for t in stopped)

@@ -1,0 +1,360 @@
+"""How many trials each Optuna sampler needs to reach 95% and 98% of a known Pareto front's
+hypervolume, side by side in one run: ours (``PredictorGuidedSampler``), Optuna's
+NSGAIISampler, TPESampler and RandomSampler, each in a real in-memory study.
+
+Problems (both two-objective, over categorical and integer parameters):
+
+- ``synthetic``: a network-like quality (max) against cost (min) over 7,776 configs; the true
+  front and its hypervolume come from enumerating every config. A run stops when it reaches
+  98% or its budget.
+- ``cnn1d``: validation accuracy (BN recalibrated) against MACs of subnets of the supernet of
+  the newest finished job in ``--db`` (skipped when there is none); the known front is that of
+  a large random sample pooled with every point any method measured. Runs spend their budget.
+
+Also the sampler's own time per trial in a study that already holds 1,000 trials (random ones,
+on the synthetic problem), where its predictors are fitted on ``max_fit`` of them.
+
+    python benchmarks/optuna_sampler.py [--seeds 10] [--db .nas/nas.db] [--job ID]
+
+Results: benchmarks/results/optuna_sampler.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import time
+import warnings
+from collections.abc import Callable
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import optuna
+
+from nas.pareto import non_dominated
+from nas.search import PredictorGuidedSampler, hypervolume
+
+RESULTS = Path(__file__).parent / "results"
+DIRECTIONS = ["max", "min"]
+TARGETS = (0.95, 0.98)
+
+SAMPLERS: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
+    "ours (PredictorGuidedSampler)": lambda s: PredictorGuidedSampler(seed=s),
+    "optuna NSGAIISampler": lambda s: optuna.samplers.NSGAIISampler(population_size=16, seed=s),
+    "optuna TPESampler": lambda s: optuna.samplers.TPESampler(seed=s, multivariate=True),
+    "optuna RandomSampler": lambda s: optuna.samplers.RandomSampler(seed=s),
+}
+
+# ---- problem 1: synthetic, front by enumeration -------------------------------------------
+SYNTHETIC = {
+    "depth": list(range(1, 7)),
+    "width": list(range(8, 65, 8)),
+    "kernel": [3, 5, 7],
+    "expand": list(range(1, 7)),
+    "act": ["relu", "gelu", "hswish"],
+    "norm": ["batch", "layer", "none"],
+}
+ACT = {"relu": (0.0, 1.0), "gelu": (0.012, 1.15), "hswish": (0.008, 1.05)}  # (gain, cost factor)
+NORM = {"batch": (0.02, 1.0), "layer": (0.015, 1.1), "none": (0.0, 0.95)}
+
+
+def synthetic_metrics(p: dict) -> tuple[float, float]:
+    """Quality saturates in log-capacity, with gains from the choices and an interaction (big
+    kernels help shallow networks, hurt deep ones); cost is MACs-like."""
+    act_gain, act_cost = ACT[p["act"]]
+    norm_gain, norm_cost = NORM[p["norm"]]
+    macs = p["depth"] * p["width"] ** 2 * p["expand"] * p["kernel"] / 3
+    capacity = np.log(macs) / np.log(6 * 64**2 * 6 * 7 / 3)
+    receptive = 0.015 * (p["kernel"] - 5) * (3 - p["depth"]) / 2
+    quality = 0.6 + 0.3 * (1 - np.exp(-3 * capacity)) + act_gain + norm_gain + receptive
+    return float(quality), float(macs * act_cost * norm_cost)
+
+
+def synthetic_objective(trial: optuna.Trial) -> tuple[float, float]:
+    params = {
+        "depth": trial.suggest_int("depth", 1, 6),
+        "width": trial.suggest_int("width", 8, 64, step=8),
+        "kernel": trial.suggest_categorical("kernel", SYNTHETIC["kernel"]),
+        "expand": trial.suggest_int("expand", 1, 6),
+        "act": trial.suggest_categorical("act", SYNTHETIC["act"]),
+        "norm": trial.suggest_categorical("norm", SYNTHETIC["norm"]),
+    }
+    return synthetic_metrics(params)
+
+
+def synthetic_front() -> dict:
+    """Every config's objectives: the reference point (worst of each) and the true front's
+    hypervolume."""
+    rows = [
+        synthetic_metrics(dict(zip(SYNTHETIC, values, strict=True)))
+        for values in itertools.product(*SYNTHETIC.values())
+    ]
+    reference = [min(r[0] for r in rows), max(r[1] for r in rows)]
+    front = [rows[i] for i in non_dominated(rows, DIRECTIONS)]
+    return {
+        "configs": len(rows),
+        "front_size": len(front),
+        "reference": reference,
+        "hypervolume": hypervolume(front, DIRECTIONS, reference),
+    }
+
+
+# ---- problem 2: the cnn1d supernet of a finished job --------------------------------------
+def cnn1d_problem(db: str | None, job: str | None):
+    """``(job id, objective, evaluator)``: the objective suggests every dimension as a
+    categorical and measures the canonical config (memoised)."""
+    from common import Evaluator, load_job
+
+    job_id, space, supernet, splits = load_job(db, job)
+    evaluate = Evaluator(space, supernet, splits)
+    seconds = [0.0]
+
+    def objective(trial: optuna.Trial) -> tuple[float, float]:
+        config = {
+            d.name: trial.suggest_categorical(d.name, list(d.choices)) for d in space.dimensions
+        }
+        start = time.perf_counter()
+        metrics = evaluate.one(space.canonical(config))
+        seconds[0] += time.perf_counter() - start
+        return metrics["accuracy"], metrics["macs"]
+
+    objective.measuring = lambda: seconds[0]  # type: ignore[attr-defined]
+    return job_id, space, objective, evaluate
+
+
+# ---- runs ----------------------------------------------------------------------------------
+class Front:
+    """The non-dominated points seen so far and their hypervolume, updated point by point."""
+
+    def __init__(self, reference: list[float]):
+        self.reference, self.points, self.hypervolume = reference, [], 0.0
+
+    def add(self, point: list[float]) -> float:
+        rows = self.points + [point]
+        self.points = [rows[i] for i in non_dominated(rows, DIRECTIONS)]
+        if point in self.points:
+            self.hypervolume = hypervolume(self.points, DIRECTIONS, self.reference)
+        return self.hypervolume
+
+
+def run_study(
+    study: optuna.Study,
+    objective,
+    budget: int,
+    stop: Callable[[list[float]], bool],
+    measuring: Callable[[], float] = lambda: 0.0,
+) -> tuple[list[list[float]], float]:
+    """Ask and tell until ``stop(point)`` or ``budget`` trials: the points, in order, and the
+    seconds spent on anything but measuring (the sampler's and Optuna's own time: a sampler
+    samples inside ``suggest_*``). ``measuring()`` gives the seconds measured so far."""
+    points: list[list[float]] = []
+    start, measured_before = time.perf_counter(), measuring()
+    for _ in range(budget):
+        trial = study.ask()
+        values = objective(trial)
+        study.tell(trial, values)
+        points.append(list(values))
+        if stop(points[-1]):
+            break
+    return points, time.perf_counter() - start - (measuring() - measured_before)
+
+
+def reached(points: list[list[float]], reference: list[float], known_hv: float) -> dict:
+    """The first trial count at which each target fraction of ``known_hv`` is reached."""
+    found: dict[str, int | None] = {f"{t:.2f}": None for t in TARGETS}
+    front = Front(reference)
+    for n, point in enumerate(points, start=1):
+        hv = front.add(point)
+        for t in TARGETS:
+            if found[f"{t:.2f}"] is None and hv >= t * known_hv:
+                found[f"{t:.2f}"] = n
+    return found
+
+
+def new_study(sampler: optuna.samplers.BaseSampler) -> optuna.Study:
+    return optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+
+
+def run_one(args: tuple) -> dict:
+    """One sampler with one seed on one problem, in a worker process."""
+    problem, method, seed, budget, db, job, truth = args
+    warnings.simplefilter("ignore")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = new_study(SAMPLERS[method](seed))
+    if problem == "synthetic":
+        front = Front(truth["reference"])
+        goal = max(TARGETS) * truth["hypervolume"]
+        points, spent = run_study(
+            study, synthetic_objective, budget, lambda point: front.add(point) >= goal
+        )
+    else:
+        import torch
+
+        torch.set_num_threads(1)
+        _, _, objective, _ = cnn1d_problem(db, job)
+        points, spent = run_study(
+            study, objective, budget, lambda point: False, objective.measuring
+        )
+    return {"problem": problem, "method": method, "seed": seed, "points": points, "seconds": spent}
+
+
+def overhead(existing: int, timed: int, seed: int = 0) -> dict:
+    """Our sampler's seconds per trial in a synthetic study already holding ``existing`` random
+    trials (Optuna's own bookkeeping included, the objective excluded)."""
+    study = new_study(optuna.samplers.RandomSampler(seed=seed))
+    study.optimize(synthetic_objective, n_trials=existing)
+    study.sampler = PredictorGuidedSampler(seed=seed)
+    _, spent = run_study(study, synthetic_objective, timed, lambda point: False)
+    return {"existing_trials": existing, "timed_trials": timed, "seconds_per_trial": spent / timed}
+
+
+# ---- summary -------------------------------------------------------------------------------
+def summarise(runs: list[dict], reference: list[float], known_hv: float, budget: int) -> dict:
+    """Per method: trials to each target per seed, their median (``None``: not reached by half
+    the seeds within ``budget``) and the seconds per trial outside the objective."""
+    methods: dict[str, dict] = {}
+    for run in runs:
+        entry = methods.setdefault(run["method"], {"seeds": [], "seconds_per_trial": []})
+        entry["seeds"].append({"seed": run["seed"], **reached(run["points"], reference, known_hv)})
+        entry["seconds_per_trial"].append(run["seconds"] / len(run["points"]))
+    for entry in methods.values():
+        for t in TARGETS:
+            counts = [s[f"{t:.2f}"] for s in entry["seeds"]]
+            median = float(np.median([c if c is not None else np.inf for c in counts]))
+            entry[f"median_trials_to_{t:.2f}"] = median if np.isfinite(median) else None
+            entry[f"reached_{t:.2f}"] = f"{sum(c is not None for c in counts)}/{len(counts)}"
+        entry["seconds_per_trial"] = float(np.mean(entry["seconds_per_trial"]))
+    ours, *others = methods
+    best = [methods[m]["median_trials_to_0.98"] for m in others]
+    mine = methods[ours]["median_trials_to_0.98"]
+    if mine is None:
+        ratio = None
+    elif all(b is None for b in best):
+        ratio = f"> {budget / mine:.1f} (no other method reached 98% within {budget} trials)"
+    else:
+        ratio = round(min(b for b in best if b is not None) / mine, 2)
+    return {"methods": methods, "best_other_over_ours_to_0.98": ratio}
+
+
+def table(name: str, summary: dict) -> list[str]:
+    lines = [
+        f"| {name} | reached 95% | median trials to 95% | reached 98% | median trials to 98% "
+        "| s/trial (sampler) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for method, e in summary["methods"].items():
+        cells = []
+        for t in TARGETS:
+            median = e[f"median_trials_to_{t:.2f}"]
+            cells += [e[f"reached_{t:.2f}"], "not reached" if median is None else f"{median:g}"]
+        lines.append(f"| {method} | {' | '.join(cells)} | {e['seconds_per_trial']:.3f} |")
+    lines.append("")
+    lines.append(
+        f"Best other method's median trials to 98% / ours: "
+        f"{summary['best_other_over_ours_to_0.98']}"
+    )
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--budget", type=int, default=1000, help="trials per synthetic run")
+    parser.add_argument("--cnn1d-budget", type=int, default=150, help="trials per cnn1d run")
+    parser.add_argument("--sample", type=int, default=2000, help="random cnn1d subnets measured")
+    parser.add_argument("--overhead-trials", type=int, default=40)
+    parser.add_argument("--db")
+    parser.add_argument("--job")
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    started = time.perf_counter()
+
+    truth = synthetic_front()
+    tasks = [
+        ("synthetic", m, s, args.budget, None, None, truth)
+        for s in range(args.seeds)
+        for m in SAMPLERS
+    ]
+    cnn1d = None
+    try:
+        job_id, space, _, evaluate = cnn1d_problem(args.db, args.job)
+    except SystemExit as missing:
+        cnn1d = {"skipped": str(missing)}
+    else:
+        rng = np.random.default_rng(12345)
+        sample = [evaluate.one(space.sample(rng)) for _ in range(args.sample)]
+        sample = [[m["accuracy"], m["macs"]] for m in sample]
+        cnn1d = {"job": job_id, "sample": sample}
+        tasks += [
+            ("cnn1d", m, s, args.cnn1d_budget, args.db, job_id, None)
+            for s in range(args.seeds)
+            for m in SAMPLERS
+        ]
+    with get_context("spawn").Pool(args.workers) as pool:
+        runs = pool.map(run_one, tasks, chunksize=1)
+
+    result: dict = {"seeds": args.seeds, "targets": list(TARGETS)}
+    synthetic_runs = [r for r in runs if r["problem"] == "synthetic"]
+    result["synthetic"] = {
+        **truth,
+        "budget": args.budget,
+        **summarise(synthetic_runs, truth["reference"], truth["hypervolume"], args.budget),
+    }
+    if "sample" in cnn1d:
+        points = cnn1d.pop("sample")
+        pooled = points + [p for r in runs if r["problem"] == "cnn1d" for p in r["points"]]
+        reference = [min(p[0] for p in points), max(p[1] for p in points)]
+        known = hypervolume(pooled, DIRECTIONS, reference)
+        cnn1d_runs = [r for r in runs if r["problem"] == "cnn1d"]
+        cnn1d.update(
+            sample=len(points),
+            reference=reference,
+            hypervolume=known,
+            sample_hv_fraction=hypervolume(points, DIRECTIONS, reference) / known,
+            budget=args.cnn1d_budget,
+            **summarise(cnn1d_runs, reference, known, args.cnn1d_budget),
+        )
+    result["cnn1d"] = cnn1d
+    result["overhead"] = overhead(1000, args.overhead_trials)
+    result["wall_seconds"] = time.perf_counter() - started
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "optuna_sampler.json").write_text(json.dumps(result, indent=2))
+
+    s = result["synthetic"]
+    lines = [
+        f"# Optuna samplers to 95% and 98% of a known front ({args.seeds} seeds, medians)",
+        "",
+        f"## synthetic: {s['configs']} configs, true front of {s['front_size']} points by "
+        f"enumeration, runs stop at 98% or {args.budget} trials",
+        "",
+        *table("synthetic", s),
+        "",
+    ]
+    if "skipped" in cnn1d:
+        lines += ["## cnn1d: skipped", "", cnn1d["skipped"], ""]
+    else:
+        lines += [
+            f"## cnn1d: job {cnn1d['job']}, known front from {cnn1d['sample']} random subnets "
+            f"pooled with every run's points (the sample alone: "
+            f"{cnn1d['sample_hv_fraction']:.4f} of it), {args.cnn1d_budget} trials per run",
+            "",
+            *table("cnn1d", cnn1d),
+            "",
+        ]
+    o = result["overhead"]
+    lines += [
+        f"## Our sampler's time per trial with {o['existing_trials']} trials in the study",
+        "",
+        f"{o['seconds_per_trial']:.3f} s per trial over {o['timed_trials']} trials "
+        "(objective excluded).",
+    ]
+    (RESULTS / "optuna_sampler.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

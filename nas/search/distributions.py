@@ -1,0 +1,112 @@
+"""An Optuna search space (parameter name -> distribution) as the grid the search runs on.
+
+The search runs NSGA-II over integer vectors, so every parameter must have finitely many
+values: categorical choices, integers (with their step) and floats with a step. A config is
+``{name: index of the value}``; ``params`` and ``config`` translate to and from the values a
+trial holds. Features scale numbers to [0, 1] (on a log scale where the distribution is log)
+and one-hot categorical choices, which have no order a regressor could use.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+
+Config = dict[str, int]
+
+
+def grid(name: str, distribution: BaseDistribution) -> tuple[Any, ...]:
+    """Every value ``distribution`` can take, in order; a clear error for a continuous one."""
+    if isinstance(distribution, CategoricalDistribution):
+        return tuple(distribution.choices)
+    if isinstance(distribution, IntDistribution):
+        return tuple(range(distribution.low, distribution.high + 1, distribution.step))
+    if isinstance(distribution, FloatDistribution) and distribution.step is not None:
+        low, step = distribution.low, distribution.step
+        count = int(round((distribution.high - low) / step)) + 1
+        return tuple(float(round(low + i * step, 12)) for i in range(count))
+    raise ValueError(
+        f"parameter '{name}' has distribution {distribution!r}, which the predictor-guided "
+        "sampler cannot search: it needs finitely many values (suggest_categorical, "
+        "suggest_int, or suggest_float with step=...)"
+    )
+
+
+class DistributionSpace:
+    """The grid of an Optuna search space, with what ``PredictiveStep`` needs of a space."""
+
+    def __init__(self, distributions: Mapping[str, BaseDistribution]):
+        self.distributions = dict(sorted(distributions.items()))
+        self.grids = {name: grid(name, d) for name, d in self.distributions.items()}
+
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        return (
+            np.zeros(len(self.grids), dtype=np.int64),
+            np.array([len(g) - 1 for g in self.grids.values()], dtype=np.int64),
+        )
+
+    def encode(self, config: Mapping[str, int]) -> np.ndarray:
+        return np.array([config[name] for name in self.grids], dtype=np.int64)
+
+    def decode(self, vector: Sequence[int] | np.ndarray) -> Config:
+        return {name: int(i) for name, i in zip(self.grids, vector, strict=True)}
+
+    def sample(self, rng: np.random.Generator) -> Config:
+        return {name: int(rng.integers(len(g))) for name, g in self.grids.items()}
+
+    def features(self, config: Mapping[str, int]) -> np.ndarray:
+        parts: list[float] = []
+        for name, distribution in self.distributions.items():
+            index, values = config[name], self.grids[name]
+            if isinstance(distribution, CategoricalDistribution) and len(values) > 2:
+                parts += [float(index == i) for i in range(len(values))]
+            elif isinstance(distribution, CategoricalDistribution):
+                parts.append(float(index))
+            else:
+                parts.append(_scaled(values[index], distribution))
+        return np.array(parts, dtype=np.float64)
+
+    def params(self, config: Mapping[str, int]) -> dict[str, Any]:
+        """The values a trial takes for ``config``."""
+        return {name: self.grids[name][config[name]] for name in self.grids}
+
+    def config(self, params: Mapping[str, Any]) -> Config | None:
+        """The config of a trial's ``params``; ``None`` when a parameter is missing or off the
+        grid (a trial from before the space changed)."""
+        config = {}
+        for name, distribution in self.distributions.items():
+            if name not in params:
+                return None
+            index = _index(self.grids[name], distribution, params[name])
+            if index is None:
+                return None
+            config[name] = index
+        return config
+
+
+def _scaled(value: float, distribution: IntDistribution | FloatDistribution) -> float:
+    low, high = float(distribution.low), float(distribution.high)
+    if high == low:
+        return 0.0
+    if distribution.log:
+        return math.log(value / low) / math.log(high / low)
+    return (value - low) / (high - low)
+
+
+def _index(values: tuple[Any, ...], distribution: BaseDistribution, value: Any) -> int | None:
+    if isinstance(distribution, CategoricalDistribution):
+        return values.index(value) if value in values else None
+    step = distribution.step  # type: ignore[attr-defined]
+    index = int(round((value - distribution.low) / step))  # type: ignore[attr-defined]
+    if 0 <= index < len(values) and math.isclose(values[index], value, abs_tol=1e-9 * step):
+        return index
+    return None

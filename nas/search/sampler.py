@@ -1,0 +1,237 @@
+"""``PredictorGuidedSampler``: the jobs' predictor-guided NSGA-II as an Optuna sampler.
+
+Optuna calls ``infer_relative_search_space`` and ``sample_relative`` when a trial starts, and
+``sample_independent`` for any parameter outside that space (the first trials, before the
+space is known, and parameters that appear only in some trials). The relative space is the
+study's fixed space (the distributions every completed trial shares, or the ``search_space``
+given), mapped onto a grid by ``DistributionSpace``.
+
+For the first ``n_startup_trials`` the sampler proposes random configs. After that, each step
+fits predictors on the completed trials (their values, and their constraints as Optuna stores
+them in system attrs), runs ``PredictiveStep`` (NSGA-II on the predictions) and hands the
+configs it proposes to the next trials, one each; a new step runs once as many trials have
+finished as the last step proposed.
+
+Several workers may share one storage: a config is claimed by writing it to the trial's system
+attrs and reading the other trials back; a config another trial (running, finished or failed)
+has claimed is never proposed again, and of two trials that claim the same config at the same
+moment at least one sees the other and claims another. Randomness is drawn from generators
+seeded by ``seed`` and the trial's number, so one worker with one seed repeats its sequence.
+"""
+
+from __future__ import annotations
+
+import threading
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.distributions import BaseDistribution
+from optuna.samplers import BaseSampler, RandomSampler
+from optuna.samplers._base import _process_constraints_after_trial
+from optuna.search_space import IntersectionSearchSpace
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+from nas.search.distributions import Config, DistributionSpace, grid
+from nas.search.engine import Measured, PredictiveStep, config_key
+
+#: The trial system attr holding the config (grid indices) a trial claimed.
+PROPOSAL_KEY = "nas:proposal"
+#: The trial system attr holding what the predictors expected of a proposed trial.
+PREDICTED_KEY = "nas:predicted"
+#: Beyond ``batch``, a step proposes this fraction of the finished trials, so that the cost of
+#: refitting is spread over more trials as the study grows.
+STEP_FRACTION = 0.04
+CLAIM_ATTEMPTS = 20
+#: Regressors fitted in milliseconds on ``max_fit`` trials: a step runs every few trials, so
+#: the tree ensembles a job also tries (a second per fit) would cost more than most objectives.
+FAST_CANDIDATES = ("ridge", "gaussian_process")
+
+
+class PredictorGuidedSampler(BaseSampler):
+    """Predictor-guided NSGA-II for single- and multi-objective studies over categorical,
+    integer and stepped float parameters.
+
+    ``batch`` is how many configs one step proposes (more in long studies, see
+    ``STEP_FRACTION``); ``population`` and ``generations`` size NSGA-II on the predictors;
+    ``max_fit`` caps the trials the predictors are fitted on (the front first, then the
+    newest). ``candidates`` are the regressors ``SubnetPredictor`` chooses among by
+    cross-validation (any of ``nas.predictors.surrogate.CANDIDATES``). ``constraints_func``
+    works as in Optuna's own samplers; constraints set with ``trial.set_constraint`` are read
+    the same way. ``search_space`` fixes the relative space from the first trial instead of
+    inferring it from completed trials.
+    """
+
+    def __init__(
+        self,
+        *,
+        n_startup_trials: int = 16,
+        batch: int = 4,
+        population: int = 64,
+        generations: int = 40,
+        max_fit: int = 128,
+        candidates: Sequence[str] = FAST_CANDIDATES,
+        constraints_func: Callable[[FrozenTrial], Sequence[float]] | None = None,
+        search_space: dict[str, BaseDistribution] | None = None,
+        seed: int | None = None,
+    ):
+        for name, value, least in [
+            ("n_startup_trials", n_startup_trials, 2),
+            ("batch", batch, 1),
+            ("population", population, 4),
+            ("generations", generations, 1),
+            ("max_fit", max_fit, 2),
+        ]:
+            if value < least:
+                raise ValueError(f"{name} must be >= {least}, got {name}={value}")
+        self.n_startup_trials, self.batch, self.max_fit = n_startup_trials, batch, max_fit
+        self.population, self.generations = population, generations
+        self.candidates = tuple(candidates)
+        self.constraints_func = constraints_func
+        self.space = DistributionSpace(search_space) if search_space is not None else None
+        self.seed = int(np.random.SeedSequence(seed).generate_state(1)[0])
+        self._intersection = IntersectionSearchSpace()
+        self._lock = threading.Lock()
+        self._queue: list[tuple[Config, dict[str, float]]] = []
+        self._queue_space: dict[str, BaseDistribution] = {}  # the space the queue is a grid of
+        self._step_at = 0  # finished trials the last step was fitted on
+        self._step_size = 0
+
+    # ---- Optuna's interface -------------------------------------------------------------
+    def infer_relative_search_space(
+        self, study: optuna.Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
+        if self.space is not None:
+            return self.space.distributions
+        space = {n: d for n, d in self._intersection.calculate(study).items() if not d.single()}
+        for name, distribution in space.items():
+            grid(name, distribution)  # a clear error for a parameter it cannot search
+        return space
+
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        if not search_space:
+            return {}
+        space = DistributionSpace(search_space)
+        rng = np.random.default_rng([self.seed, trial.number])
+        measured = _measured(study, space)
+        with self._lock:
+            if len(measured) < self.n_startup_trials:
+                preferred: list[tuple[Config, dict[str, float]]] = []
+            else:
+                preferred = self._preferred(study, trial, space, measured, rng)
+            config, predicted = self._claim(study, trial, space, preferred, rng)
+            self._queue = [(c, p) for c, p in self._queue if c != config]
+        if predicted:
+            study._storage.set_trial_system_attr(trial._trial_id, PREDICTED_KEY, predicted)
+        return space.params(config)
+
+    def sample_independent(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        param_name: str,
+        param_distribution: BaseDistribution,
+    ) -> Any:
+        if not param_distribution.single():
+            grid(param_name, param_distribution)
+        seed = np.random.SeedSequence([self.seed, trial.number, zlib.crc32(param_name.encode())])
+        sampler = RandomSampler(seed=int(seed.generate_state(1)[0]))
+        return sampler.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        state: TrialState,
+        values: Sequence[float] | None,
+    ) -> None:
+        if self.constraints_func is not None:
+            _process_constraints_after_trial(self.constraints_func, study, trial, state)
+
+    # ---- steps and claims ---------------------------------------------------------------
+    def _preferred(self, study, trial, space, measured, rng) -> list[tuple[Config, dict]]:
+        """The current step's proposals, after a new step if enough trials have finished."""
+        taken = _claimed(study, trial, space)
+        queue = self._queue if self._queue_space == space.distributions else []
+        free = [(c, p) for c, p in queue if config_key(c) not in taken]
+        if not free or len(measured) - self._step_at >= self._step_size:
+            step = self._step(study, measured)
+            count = max(self.batch, int(STEP_FRACTION * len(measured)))
+            proposal = step.propose(space, measured, count, rng, taken)
+            free = list(zip(proposal.configs, proposal.predicted, strict=True))
+            self._step_at, self._step_size = len(measured), count
+        self._queue, self._queue_space = free, space.distributions
+        return free
+
+    def _step(self, study: optuna.Study, measured: Measured) -> PredictiveStep:
+        directions = ["max" if d == StudyDirection.MAXIMIZE else "min" for d in study.directions]
+        constraints = [k for k in measured[0][1] if k.startswith("constraint:")]
+        return PredictiveStep(
+            [f"objective:{i}" for i in range(len(directions))],
+            directions,
+            constraints=[{"metric": k, "max": 0.0} for k in constraints],
+            population=self.population,
+            generations=self.generations,
+            max_fit=self.max_fit,
+            seed=self.seed,
+            candidates=self.candidates,
+        )
+
+    def _claim(self, study, trial, space, preferred, rng) -> tuple[Config, dict[str, float]]:
+        """Write a config no other trial holds to this trial, then read the others back; on a
+        clash, try again (from a random one of the first few, so that two workers in step
+        part ways)."""
+        for attempt in range(CLAIM_ATTEMPTS):
+            taken = _claimed(study, trial, space)
+            free = [(c, p) for c, p in preferred if config_key(c) not in taken]
+            if free:
+                config, predicted = free[int(rng.integers(min(len(free), attempt + 1)))]
+            else:
+                config, predicted = next(_random_free(space, taken, rng)), {}
+            key = config_key(config)
+            study._storage.set_trial_system_attr(trial._trial_id, PROPOSAL_KEY, key)
+            if key not in _claimed(study, trial, space):
+                break
+        return config, predicted
+
+
+def _random_free(space: DistributionSpace, taken: set[str], rng) -> Iterator[Config]:
+    """Random configs not in ``taken``; any random config once the space seems used up."""
+    for _ in range(1000):
+        config = space.sample(rng)
+        if config_key(config) not in taken:
+            yield config
+    while True:
+        yield space.sample(rng)
+
+
+def _claimed(study: optuna.Study, trial: FrozenTrial, space: DistributionSpace) -> set[str]:
+    """Configs every other trial holds: its claim, else its parameters."""
+    keys = set()
+    for other in study.get_trials(deepcopy=False):
+        if other.number == trial.number:
+            continue
+        if PROPOSAL_KEY in other.system_attrs:
+            keys.add(other.system_attrs[PROPOSAL_KEY])
+        elif (config := space.config(other.params)) is not None:
+            keys.add(config_key(config))
+    return keys
+
+
+def _measured(study: optuna.Study, space: DistributionSpace) -> Measured:
+    """Completed trials in the space as ``(config, metrics)``: ``objective:i`` values and
+    ``constraint:KEY`` values; constrained studies keep only trials with every constraint."""
+    points = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        config = space.config(t.params)
+        if config is not None and t.values is not None:
+            metrics = {f"objective:{i}": float(v) for i, v in enumerate(t.values)}
+            metrics |= {f"constraint:{k}": float(v) for k, v in t.constraints.items()}
+            points.append((config, metrics))
+    keys = set().union(*(m for _, m in points)) if points else set()
+    return [(c, m) for c, m in points if set(m) == keys]
