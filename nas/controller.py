@@ -16,6 +16,7 @@ import numpy as np
 import ray
 
 from nas.errors import ClusterError
+from nas.hardware import measure_subnets
 from nas.pareto import non_dominated
 from nas.search import Iteration, run_nsga2, run_predictive_search
 from nas.spec import JobSpec, directions
@@ -23,7 +24,6 @@ from nas.store import Measurement, Store, SubnetRecord, config_key, metric_key
 from search_spaces import Config, SearchSpace
 from workers.datasets import load_dataset
 from workers.evaluator import evaluate_configs
-from workers.profiler import measure_latency
 from workers.trainer import SupernetTrainer
 
 #: What the evaluator measures of every subnet, besides latency per hardware target.
@@ -52,7 +52,7 @@ class Controller:
         self.spec = JobSpec.model_validate(self.job.spec)
         self.space: SearchSpace = self.spec.space()
         self.space_data = {"name": self.space.name, "kwargs": self.space.describe()}
-        self.input_shape = load_dataset(**self.spec.dataset_kwargs()).x_train.shape[1:]
+        self.input_shape = list(load_dataset(**self.spec.dataset_kwargs()).x_train.shape[1:])
         self.artifacts = Path(artifacts).resolve() / job_id
         self.on_progress = on_progress
         self.checkpoint: str | None = None
@@ -291,14 +291,10 @@ class Controller:
             self.store.add_measurements(subnet_id, rows)
 
     def _latency(self, target_name: str, configs: list[Config]) -> list[dict[str, float]]:
-        """One task per target, routed by the target's Ray resources, measuring in sequence."""
+        """One task per target, alone on the target's node, measuring in sequence."""
         target = self.spec.target(target_name)
-        task = ray.remote(measure_latency).options(
-            num_cpus=target.threads, resources=dict(target.resources)
-        )
-        return self._get(
-            task.remote(self.space_data, configs, target.model_dump(), list(self.input_shape))
-        )
+        shape = target.input_shape or self.input_shape
+        return self._get(measure_subnets(target, self.space_data, configs, shape))
 
     @staticmethod
     def _get(futures: Any) -> Any:

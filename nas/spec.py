@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from nas.errors import SpecError
+from nas.hardware import HardwareTargetSpec
 from search_spaces import ConfigError, SearchSpace, get_space
 from workers.datasets import dataset_names, load_dataset
 
@@ -58,18 +59,6 @@ class TrainingSpec(Strict):
     random_subnets: int = Field(2, ge=0)
     distillation: Literal["inplace", "none"] = "inplace"
     cpus: int = Field(1, ge=1)
-
-
-class HardwareTargetSpec(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    device: Literal["cpu"] = "cpu"
-    runtime: Literal["torch"] = "torch"
-    threads: int = Field(1, ge=1)
-    batch_size: int = Field(1, ge=1)
-    warmup: int = Field(10, ge=0)
-    repeats: int = Field(30, ge=3)
-    #: Ray resources a measurement asks for, routing it to matching nodes (``{"hw_edge": 1}``).
-    resources: dict[str, float] = Field(default_factory=dict)
 
 
 class ConstraintSpec(Strict):
