@@ -95,6 +95,7 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
         curve = store.curve(runs[-1].id) if runs else []
         subnets = store.subnets(job.id)
         iterations = store.search_iterations(job.id)
+        latency = store.latency_predictors(job.id)
     status = {
         **job_json(job),
         "training": [{"id": r.id, "status": r.status, "epochs_done": r.epochs_done} for r in runs],
@@ -108,6 +109,7 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
             | {"predictors": i.scores}
             for i in iterations
         ],
+        "latency_predictors": {p.target: p.scores for p in latency},
     }
     if args.json:
         print(json.dumps(status))
@@ -126,6 +128,15 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
         )
         line = f"  search iteration {i.iteration}: {i.evaluations} evaluations, "
         console.print(line + f"hypervolume {i.hypervolume:.4g}  {scores}", highlight=False)
+    for p in latency:
+        held_out = p.scores.get("held_out")
+        if held_out:
+            console.print(
+                f"  latency predictor {p.target}: {p.scores['layers']} layers, held out on "
+                f"{p.scores['fitted_on']} subnets: {held_out['within_10']:.0%} within 10%, "
+                f"MAPE {held_out['mape']:.1%}, spearman {held_out['spearman']:.2f}",
+                highlight=False,
+            )
     if job.error:
         console.print(f"  error: {job.error}", highlight=False)
     return 0

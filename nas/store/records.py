@@ -124,3 +124,12 @@ class SearchIterationRecord:
     hypervolume: float
     scores: dict[str, Any]
     """Per learned metric key: the chosen regressor and its held-out rank correlations."""
+
+
+@dataclass(frozen=True)
+class LatencyPredictorRecord:
+    target: str
+    table: dict[str, float]
+    """Median latency in milliseconds of each layer signature, measured alone on the target."""
+    scores: dict[str, Any]
+    """How well the predictor fitted on the table does on subnets it had not seen."""
