@@ -2,8 +2,13 @@
 
 Protocol: a fixed number of threads, a fixed batch of zeros shaped like the target's inputs,
 ``warmup`` untimed runs, then ``repeats`` timed runs, one at a time; the result is the median
-with the interquartile range as spread. Weights do not change latency, so a freshly built
-supernet stands in for the trained one.
+with the interquartile range as spread. The modules of one call are measured in interleaved
+rounds (each round times every module for a share of its repeats, after a short re-warm-up), so
+that a change in the machine's load while they are measured falls on all of them alike instead
+of on whichever module was being timed: on a busy machine this alone took the share of
+subnets whose two measurements agree within 10% from about a half to three quarters (torch)
+and from a fifth to nine tenths (onnxruntime). Weights do not change latency, so a freshly
+built supernet stands in for the trained one.
 
 Runtimes: ``torch`` (eager, under ``inference_mode``) and ``onnxruntime`` (the module exported to
 ONNX in memory, run by an ``InferenceSession`` with ``intra_op_num_threads = threads``). Timing:
@@ -22,6 +27,7 @@ import io
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -32,6 +38,11 @@ from search_spaces import get_space
 
 DEVICES = ("cpu", "cuda")
 RUNTIMES = ("torch", "onnxruntime")
+#: Rounds the repeats are split into; untimed runs before each round after the first; modules
+#: held at once (each an extracted network or an onnxruntime session).
+ROUNDS = 5
+REWARM = 2
+GROUP = 512
 
 #: A latency measurement: ``median_ms``, ``spread_ms`` (IQR), ``repeats`` and ``node_id``.
 Latency = dict[str, Any]
@@ -116,21 +127,36 @@ def onnx_session(net: nn.Module, x: torch.Tensor, device: str, threads: int) -> 
     return onnxruntime.InferenceSession(onnx_bytes(net, x), options, providers=[provider])
 
 
-def time_module(net: nn.Module, x: torch.Tensor, target: Mapping[str, Any]) -> Latency:
-    """Latency of ``net(x)`` under ``target``'s device, runtime, warm-up and repeats."""
-    device, runtime = target["device"], target["runtime"]
-    warmup, repeats = target["warmup"], target["repeats"]
+def runner(net: nn.Module, x: torch.Tensor, target: Mapping[str, Any]) -> Callable[[], object]:
+    """One forward pass of ``net`` on ``x`` under the target's runtime and device."""
     net = net.eval()
-    if runtime == "onnxruntime":
-        session = onnx_session(net, x, device, target["threads"])
+    if target["runtime"] == "onnxruntime":
+        session = onnx_session(net, x, target["device"], target["threads"])
         feed = {"x": x.numpy()}
-        samples = wall_samples(lambda: session.run(None, feed), warmup, repeats)
-    else:
-        net, x = net.to(device), x.to(device)
-        timer = cuda_event_samples if device == "cuda" else wall_samples
+        return lambda: session.run(None, feed)
+    net, x = net.to(target["device"]), x.to(target["device"])
+    return lambda: net(x)
+
+
+def time_modules(
+    builders: Sequence[Callable[[], tuple[nn.Module, torch.Tensor]]], target: Mapping[str, Any]
+) -> list[Latency]:
+    """Latency of each ``(module, input)`` that ``builders`` make, under ``target``'s device,
+    runtime, warm-up and repeats, in interleaved rounds over groups of ``GROUP`` modules."""
+    on_gpu = target["device"] == "cuda" and target["runtime"] == "torch"
+    timer = cuda_event_samples if on_gpu else wall_samples
+    warmup, repeats = target["warmup"], target["repeats"]
+    counts = [len(share) for share in np.array_split(np.arange(repeats), min(ROUNDS, repeats))]
+    node, results = current_node(), []
+    for start in range(0, len(builders), GROUP):
+        runs = [runner(*build(), target) for build in builders[start : start + GROUP]]
+        samples: list[list[np.ndarray]] = [[] for _ in runs]
         with torch.inference_mode():
-            samples = timer(lambda: net(x), warmup, repeats)
-    return {**summarise(samples), "node_id": current_node()}
+            for round_, count in enumerate(counts):
+                for run, taken in zip(runs, samples, strict=True):
+                    taken.append(timer(run, warmup if round_ == 0 else REWARM, count))
+        results += [{**summarise(np.concatenate(s)), "node_id": node} for s in samples]
+    return results
 
 
 def prepare(target: Mapping[str, Any]) -> None:
@@ -153,7 +179,11 @@ def measure_latency(
     prepare(target)
     supernet = get_space(space["name"], **space["kwargs"]).build_supernet().eval()
     x = torch.zeros((target["batch_size"], *input_shape))
-    return [time_module(supernet.extract(config), x, target) for config in configs]
+
+    def build(config: Mapping[str, int]) -> tuple[nn.Module, torch.Tensor]:
+        return supernet.extract(config), x
+
+    return time_modules([partial(build, c) for c in configs], target)
 
 
 def measure_layers(
@@ -163,9 +193,11 @@ def measure_layers(
     ``target``: the entries of a latency lookup table."""
     prepare(target)
     search_space = get_space(space["name"], **space["kwargs"])
-    table = {}
-    for signature in signatures:
+
+    def build(signature: str) -> tuple[nn.Module, torch.Tensor]:
         layer, sample_shape = search_space.build_layer(signature)
-        x = torch.zeros((target["batch_size"], *sample_shape))
-        table[signature] = time_module(layer, x, target)
-    return table
+        return layer, torch.zeros((target["batch_size"], *sample_shape))
+
+    unique = list(dict.fromkeys(signatures))
+    latencies = time_modules([partial(build, s) for s in unique], target)
+    return dict(zip(unique, latencies, strict=True))
