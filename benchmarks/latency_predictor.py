@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -49,8 +51,9 @@ def medians(space_data: dict, configs: list[dict], target: dict) -> np.ndarray:
     return np.array([r["median_ms"] for r in measure_latency(space_data, configs, target, SHAPE)])
 
 
-def run_runtime(space, target: dict, fit: int, test: int, rng: np.random.Generator) -> dict:
+def run_runtime(space, target: dict, fit: int, test: int, seed: int) -> dict:
     """Measure the layer table and the subnets on one runtime; score both predictors."""
+    rng = np.random.default_rng(seed)
     space_data = {"name": space.name, "kwargs": space.describe()}
     start = time.perf_counter()
     table = measure_layers(space_data, space.all_layers(SHAPE), target)
@@ -122,9 +125,12 @@ def main() -> None:
             "threads": args.threads, "batch_size": args.batch,
             "warmup": args.warmup, "repeats": args.repeats,
         }  # fmt: skip
-        rng = np.random.default_rng(args.seed)
+        # each runtime in a fresh process: what one runtime leaves behind (threads, allocator
+        # state, hundreds of freed sessions) must not weigh on the other's measurements
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            future = pool.submit(run_runtime, space, target, args.fit, args.test, args.seed)
         try:
-            runs.append(run_runtime(space, target, args.fit, args.test, rng))
+            runs.append(future.result())
         except RuntimeError as error:  # e.g. onnxruntime without its CUDA provider here
             runs.append({"runtime": runtime, "error": str(error)})
         print(json.dumps(runs[-1]), flush=True)

@@ -49,7 +49,8 @@ Latency = dict[str, Any]
 
 
 def current_node() -> str:
-    """The id of the Ray node this code runs on, or ``""`` outside a Ray worker."""
+    """The id of the Ray node this process runs on (a worker's, or a connected driver's), or
+    ``""`` when the process is not connected to Ray."""
     try:
         import ray
     except ImportError:
