@@ -175,9 +175,15 @@ def parse_spec(data: Any, source: str = "spec") -> JobSpec:
     except ValidationError as error:
         raise SpecError(f"{source}: {_first_error(error)}") from None
     try:
-        get_space(spec.search_space.name, choices=spec.search_space.choices)
+        space = get_space(spec.search_space.name, choices=spec.search_space.choices)
     except ConfigError as error:
         raise SpecError(f"{source}: search_space: {error}") from None
+    for i, target in enumerate(spec.hardware_targets):
+        try:
+            if target.input_shape is not None:
+                space.check_input_shape(target.input_shape)
+        except ConfigError as error:
+            raise SpecError(f"{source}: hardware_targets.{i}.input_shape: {error}") from None
     return spec
 
 

@@ -78,6 +78,11 @@ class SearchSpace(ABC):
     def describe(self) -> dict[str, Any]:
         """The constructor arguments that rebuild this space (stored with jobs, sent to workers)."""
 
+    def check_input_shape(self, input_shape: Sequence[int]) -> None:
+        """Raise ``ConfigError`` if this space's networks cannot take samples of this shape
+        (by default any shape passes, and the first forward pass is the check)."""
+        return None
+
     # ---- layers, for latency lookup tables (optional) --------------------------------------
     def layers(self, config: Mapping[str, int], input_shape: Sequence[int]) -> list[str]:
         """Signatures of the layers ``config``'s subnet runs on samples of ``input_shape``.

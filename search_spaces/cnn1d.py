@@ -94,6 +94,9 @@ class Cnn1dSpace(SearchSpace):
             "stages": stages,
         }
 
+    def check_input_shape(self, input_shape: Sequence[int]) -> None:
+        _length(input_shape)
+
     # ---- layers, for latency lookup tables ----------------------------------------------
     def layers(self, config: Mapping[str, int], input_shape: Sequence[int]) -> list[str]:
         arch = self.arch(config)

@@ -104,6 +104,10 @@ def test_round_trip_through_json_is_identical() -> None:
             "hardware_targets.0.runtime: unknown runtime 'tvm'; supported: torch, onnxruntime",
         ),
         ({"input_shape": [40, 0]}, "input_shape must hold positive sizes, got [40, 0]"),
+        (
+            {"input_shape": [1, 40]},
+            "hardware_targets.0.input_shape: cnn1d takes samples of shape (length,), got (1, 40)",
+        ),
         ({"input_shape": []}, "hardware_targets.0.input_shape: List should have at least 1 item"),
         ({"threads": 0}, "hardware_targets.0.threads: Input should be greater than or equal to 1"),
         ({"clock_mhz": 900}, "hardware_targets.0.clock_mhz: Extra inputs are not permitted"),
