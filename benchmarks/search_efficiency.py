@@ -200,8 +200,8 @@ def main() -> None:
     parser.add_argument("--db")
     parser.add_argument("--job")
     parser.add_argument("--seeds", type=int, default=10)
-    parser.add_argument("--budget", type=int, default=240, help="evaluations per method and seed")
-    parser.add_argument("--reference-budget", type=int, default=1200)
+    parser.add_argument("--budget", type=int, default=200, help="evaluations per method and seed")
+    parser.add_argument("--reference-budget", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
 

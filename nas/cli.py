@@ -96,9 +96,16 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
         subnets = store.subnets(job.id)
         iterations = store.search_iterations(job.id)
         latency = store.latency_predictors(job.id)
+        last_decision = {d.run_id: d for d in store.stop_decisions(job.id)}
+    training = [
+        {"id": r.id, "status": r.status, "epochs_done": r.epochs_done}
+        | ({"tuned": r.hparams["tuned"]} if r.hparams.get("tuned") else {})
+        | ({"last_decision": last_decision[r.id].reason} if r.id in last_decision else {})
+        for r in runs
+    ]
     status = {
         **job_json(job),
-        "training": [{"id": r.id, "status": r.status, "epochs_done": r.epochs_done} for r in runs],
+        "training": training,
         "last_curve_point": {p.name: p.value for p in curve if p.epoch == curve[-1].epoch}
         if curve
         else {},
@@ -117,8 +124,11 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
     console.print(f"job {job.id} ({job.name}): {job.status}", highlight=False)
     for row in status["stages"]:
         console.print(f"  {row['stage']:<8} {row['state']:<8} {row['detail']}", highlight=False)
-    for r in runs:
-        console.print(f"  training run {r.id}: {r.status}, {r.epochs_done} epochs", highlight=False)
+    for r in training:
+        tuned = ", ".join(f"{k}={v:.4g}" for k, v in r.get("tuned", {}).items())
+        decision = f"; {r['last_decision']}" if "last_decision" in r else ""
+        line = f"  training run {r['id']}: {r['status']}, {r['epochs_done']} epochs"
+        console.print(line + (f" ({tuned})" if tuned else "") + decision, highlight=False)
     for name, value in status["last_curve_point"].items():
         console.print(f"  last {name}: {value:.4f}", highlight=False)
     console.print(f"  subnets measured: {len(subnets)}", highlight=False)

@@ -21,7 +21,16 @@ from nas.pareto import non_dominated
 from nas.predictors.latency import LatencyPredictor, latency_scores
 from nas.search import Iteration, run_nsga2, run_predictive_search
 from nas.spec import ConstraintSpec, JobSpec, directions
-from nas.store import Measurement, Store, SubnetRecord, config_key, metric_key
+from nas.store import (
+    Measurement,
+    StopDecisionRecord,
+    Store,
+    SubnetRecord,
+    TrainingRunRecord,
+    config_key,
+    metric_key,
+)
+from nas.trials import CurveJudge, FinishedRun, next_tuned, run_settings, score
 from search_spaces import Config, SearchSpace
 from workers.datasets import load_dataset
 from workers.evaluator import evaluate_configs
@@ -32,6 +41,9 @@ SUBNET_METRICS = ("accuracy", "test_accuracy", "macs", "params")
 
 #: How stored scores name the layer-table latency predictor.
 LAYER_TABLE_MODEL = "layer-table+linear"
+
+#: What a stored stop decision keeps of the rule's ``StopDecision``.
+DECISION = ("stop", "mean", "low", "high", "threshold", "probability", "reason")
 
 #: ``(stage, done, total, detail)``: how the controller tells a user interface where it is.
 ProgressCallback = Callable[[str, int, int, str], None]
@@ -113,27 +125,36 @@ class Controller:
 
     # ---- TRAIN --------------------------------------------------------------------------
     def train(self) -> None:
-        """Train the supernet (resuming from its checkpoint), one curve point per epoch."""
+        """Train ``training.trials`` supernets (one by default), resuming any unfinished run,
+        then take the best finished run's supernet for the later stages."""
         training = self.spec.training
-        runs = self.store.training_runs(self.job.id)
-        run = (
-            runs[-1] if runs else self.store.create_training_run(self.job.id, training.model_dump())
-        )
-        if run.status == "done":
-            self.checkpoint = run.checkpoint_path
-            return
-        self._enter("train")
-        settings = {
-            **training.model_dump(exclude={"sampling", "cpus"}),
-            "optimizer": training.optimizer.model_dump(),
-            "seed": self.spec.seed,
-        }
+        stopping = training.early_stopping
+        judge = CurveJudge(stopping, training.epochs) if stopping else None
+        while True:
+            runs = self.store.training_runs(self.job.id)
+            unfinished = [r for r in runs if r.status == "running"]
+            if unfinished:
+                run = unfinished[0]
+            elif len(runs) < training.trials:
+                tuned = next_tuned(training, self._finished_runs(runs), self.spec.seed)
+                settings = run_settings(training, tuned, self.spec.seed + len(runs))
+                run = self.store.create_training_run(self.job.id, settings)
+                runs.append(run)
+            else:
+                break
+            self._enter("train")
+            self._train_run(run, f"run {runs.index(run) + 1}/{training.trials}", judge)
+        self.checkpoint = self._best_run().checkpoint_path
+
+    def _train_run(self, run: TrainingRunRecord, name: str, judge: CurveJudge | None) -> None:
+        """Train one run epoch by epoch as a Ray actor; the rule may stop it after any epoch."""
+        training = self.spec.training
         actor_class = ray.remote(num_cpus=training.cpus)(SupernetTrainer)
         trainer = actor_class.remote(
             self.space_data,
             self.spec.dataset_kwargs(),
-            settings,
-            str(self.artifacts),
+            run.hparams,
+            str(self.artifacts / f"run-{run.id}"),
             training.cpus,
         )
         try:
@@ -145,13 +166,46 @@ class Controller:
                 self.store.update_training_run(
                     run.id, epochs_done=epoch, checkpoint_path=checkpoint
                 )
-                largest = values["val_acc/largest"]
-                detail = f"epoch {epoch}/{training.epochs}, largest val acc {largest:.3f}"
+                detail = (
+                    f"{name}, epoch {epoch}/{training.epochs}, "
+                    f"largest val acc {values['val_acc/largest']:.3f}"
+                )
                 self._progress("train", epoch, training.epochs, detail)
+                if judge and epoch < training.epochs and self._judge(run, epoch, judge):
+                    self.store.update_training_run(run.id, status="stopped")
+                    return
         finally:
             ray.kill(trainer)
         self.store.update_training_run(run.id, status="done", checkpoint_path=checkpoint)
-        self.checkpoint = checkpoint
+
+    def _judge(self, run: TrainingRunRecord, epoch: int, judge: CurveJudge) -> bool:
+        """Store the rule's decision on ``run`` after ``epoch``; whether it stops the run."""
+        others = [r for r in self.store.training_runs(self.job.id) if r.id != run.id]
+        decision = judge.decide(
+            self._scores(run.id), run.hparams["tuned"], self._finished_runs(others)
+        )
+        self.store.add_stop_decision(
+            StopDecisionRecord(run.id, epoch, **{k: getattr(decision, k) for k in DECISION})
+        )
+        return decision.stop
+
+    def _scores(self, run_id: int) -> list[float]:
+        by_epoch: dict[int, dict[str, float]] = {}
+        for point in self.store.curve(run_id):
+            by_epoch.setdefault(point.epoch, {})[point.name] = point.value
+        return [score(by_epoch[e]) for e in sorted(by_epoch)]
+
+    def _finished_runs(self, runs: Sequence[TrainingRunRecord]) -> list[FinishedRun]:
+        return [
+            FinishedRun(r.hparams.get("tuned", {}), self._scores(r.id), r.status == "stopped")
+            for r in runs
+            if r.status in ("done", "stopped")
+        ]
+
+    def _best_run(self) -> TrainingRunRecord:
+        """The finished run with the best final score (the only run, without tuning)."""
+        done = [r for r in self.store.training_runs(self.job.id) if r.status == "done"]
+        return max(done, key=lambda r: self._scores(r.id)[-1])
 
     # ---- PROFILE ------------------------------------------------------------------------
     def profile(self) -> None:
@@ -223,10 +277,10 @@ class Controller:
         # what the search has measured so far, in order: refits see exactly this, so that a
         # rerun of a finished search predicts (and stores) what the first run did
         seen = [s.config for s in profiled]
-        by_config = {config_key(s.config): s for s in profiled}
-        smallest = by_config[config_key(self.space.min())].metrics
-        largest = by_config[config_key(self.space.max())].metrics
-        reference = [smallest[self.spec.objectives[0]], largest[self.spec.objectives[1]]]
+        reference = _worst(
+            [[s.metrics[k] for k in self.spec.objectives] for s in profiled],
+            directions(self.spec.objectives),
+        )
 
         def evaluate(configs: list[Config]) -> list[dict[str, float]]:
             return [s.metrics for s in self.measure(configs, "search", "measuring")]
@@ -303,8 +357,8 @@ class Controller:
     def save_fronts(self) -> None:
         """Store the measured front of the search objectives and one per hardware target."""
         self._enter("front")
-        cost = self.spec.objectives[1]
-        fronts = {cost.partition("@")[2]: list(self.spec.objectives)}
+        named = [k.partition("@")[2] for k in self.spec.objectives if "@" in k]
+        fronts = {(named or [""])[0]: list(self.spec.objectives)}
         for target in self.spec.hardware_targets:
             fronts.setdefault(target.name, ["accuracy", metric_key("latency_ms", target.name)])
         subnets = [s for s in self.store.subnets(self.job.id) if self._feasible(s)]
@@ -405,6 +459,14 @@ def _bounds(constraint: ConstraintSpec) -> str:
 
 def _one_at_a_time(predictor: LatencyPredictor) -> Callable[[Config], float]:
     return lambda config: float(predictor.predict([config])[0])
+
+
+def _worst(rows: list[list[float]], directions: list[str]) -> list[float]:
+    """The worst value of each column: the hypervolume's reference point."""
+    matrix = np.asarray(rows, dtype=float)
+    return [
+        float(c.min() if d == "max" else c.max()) for c, d in zip(matrix.T, directions, strict=True)
+    ]
 
 
 def _chunks(items: list, size: int) -> list[list]:

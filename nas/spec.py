@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from nas.errors import SpecError
 from nas.hardware import HardwareTargetSpec
 from search_spaces import ConfigError, SearchSpace, get_space
-from workers.datasets import dataset_names, load_dataset
+from workers.datasets import dataset_names, generated_dataset_names, load_dataset
 
 #: Metrics a subnet is measured on; latency depends on a hardware target (``latency_ms@cpu``).
 METRICS = {"accuracy": "max", "macs": "min", "params": "min", "latency_ms": "min"}
@@ -34,6 +34,9 @@ class SearchSpaceSpec(Strict):
 class DatasetSpec(Strict):
     name: str
     val_fraction: float = Field(0.2, gt=0.0, lt=0.5)
+    #: Generated datasets only: validate on this many fresh samples instead of ``val_fraction``
+    #: of the training split (ranking subnets needs a large validation set; generating is free).
+    val_samples: int | None = Field(None, ge=100, le=100_000)
     split_seed: int = 0
 
     @field_validator("name")
@@ -43,11 +46,58 @@ class DatasetSpec(Strict):
             raise ValueError(f"unknown dataset '{name}'; available: {', '.join(dataset_names())}")
         return name
 
+    @model_validator(mode="after")
+    def generated_if_val_samples(self) -> DatasetSpec:
+        if self.val_samples is not None and self.name not in generated_dataset_names():
+            raise ValueError(
+                f"val_samples needs a generated dataset ({', '.join(generated_dataset_names())}),"
+                f" not '{self.name}'"
+            )
+        return self
+
 
 class OptimizerSpec(Strict):
     name: Literal["adamw", "adam", "sgd"] = "adamw"
     lr: float = Field(0.01, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
+
+
+class RangeSpec(Strict):
+    """Where a tuned hyperparameter is sampled: a float range (``log`` for scale-free ones such
+    as a learning rate) or a list of ``choices``."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: list[int] | None = None
+
+    @model_validator(mode="after")
+    def range_or_choices(self) -> RangeSpec:
+        if (self.choices is None) == (self.low is None or self.high is None):
+            raise ValueError("give either 'low' and 'high' or 'choices'")
+        if self.choices is None and not 0 < self.low < self.high:  # type: ignore[operator]
+            raise ValueError(f"need 0 < low < high, got low={self.low}, high={self.high}")
+        if self.choices is not None and not self.choices:
+            raise ValueError("'choices' must not be empty")
+        return self
+
+
+#: What ``training.tune`` may vary between supernet training runs.
+TUNABLE = {"lr", "weight_decay", "batch_size", "random_subnets"}
+
+
+class EarlyStoppingSpec(Strict):
+    """The learning-curve stopping rule (``nas.predictors.curves.StoppingRule``): stop a run
+    when P(its final score ends above the ``k``-th best finished run's, less ``tolerance``) has
+    stayed below ``threshold`` for ``patience`` epochs; no run stops before ``min_finished``
+    runs have finished (the predictor needs them)."""
+
+    k: int = Field(1, ge=1)
+    tolerance: float = Field(0.0, ge=0.0)
+    threshold: float = Field(0.06, ge=0.0, le=1.0)
+    patience: int = Field(2, ge=1)
+    min_epochs: int = Field(1, ge=1)
+    min_finished: int = Field(10, ge=2)
 
 
 class TrainingSpec(Strict):
@@ -59,6 +109,21 @@ class TrainingSpec(Strict):
     random_subnets: int = Field(2, ge=0)
     distillation: Literal["inplace", "none"] = "inplace"
     cpus: int = Field(1, ge=1)
+    #: Supernet training runs; with more than one, each samples ``tune`` with Optuna's
+    #: ``sampler`` and the best finished run's supernet is profiled and searched.
+    trials: int = Field(1, ge=1)
+    tune: dict[str, RangeSpec] = Field(default_factory=dict)
+    sampler: Literal["tpe", "random"] = "tpe"
+    early_stopping: EarlyStoppingSpec | None = None
+
+    @model_validator(mode="after")
+    def tune_known(self) -> TrainingSpec:
+        unknown = sorted(set(self.tune) - TUNABLE)
+        if unknown:
+            raise ValueError(f"cannot tune '{unknown[0]}'; tunable: {', '.join(sorted(TUNABLE))}")
+        if self.trials > 1 and not self.tune:
+            raise ValueError(f"trials={self.trials} needs 'tune': runs would all be the same")
+        return self
 
 
 class ConstraintSpec(Strict):
@@ -105,8 +170,8 @@ class JobSpec(Strict):
     dataset: DatasetSpec
     training: TrainingSpec
     hardware_targets: list[HardwareTargetSpec] = Field(min_length=1)
-    #: Two metric keys: accuracy and one cost (``macs``, ``params`` or ``latency_ms@TARGET``).
-    objectives: list[str] = Field(default=["accuracy", "macs"], min_length=2, max_length=2)
+    #: Accuracy, then one or two costs (``macs``, ``params`` or ``latency_ms@TARGET``).
+    objectives: list[str] = Field(default=["accuracy", "macs"], min_length=2, max_length=3)
     constraints: list[ConstraintSpec] = Field(default_factory=list)
     search: SearchSpec = SearchSpec()
 
@@ -117,8 +182,12 @@ class JobSpec(Strict):
             raise ValueError(f"hardware target names must be unique, got {names}")
         for key in [*self.objectives, *(c.metric for c in self.constraints)]:
             check_metric_key(key, names)
-        if self.objectives[0] != "accuracy" or self.objectives[1] == "accuracy":
-            raise ValueError(f"objectives must be ['accuracy', COST], got {self.objectives}")
+        costs = self.objectives[1:]
+        if self.objectives[0] != "accuracy" or "accuracy" in costs or len(set(costs)) < len(costs):
+            raise ValueError(
+                f"objectives must be ['accuracy', COST] or ['accuracy', COST, OTHER_COST],"
+                f" got {self.objectives}"
+            )
         return self
 
     def space(self) -> SearchSpace:

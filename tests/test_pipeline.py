@@ -242,3 +242,31 @@ def test_onnx_and_safetensors_exports_agree_with_pt2(job: dict, tmp_path: Path) 
     torch.testing.assert_close(got, expected.detach(), atol=1e-5, rtol=0)
     config = json.loads((tmp_path / "safetensors" / "config.json").read_text())
     assert config["subnet"]["id"] == int(subnet)
+
+
+def test_three_objective_job_has_a_three_dimensional_front(tmp_path: Path, capsys) -> None:
+    """Accuracy against latency on the cpu target and MACs: the target's front carries all
+    three objectives, holds measured points only, and none of them is dominated."""
+    objectives = ["accuracy", "latency_ms@cpu", "macs"]
+    spec = tiny_spec(objectives=objectives)
+    spec["training"]["epochs"] = 1
+    spec["search"].update(profile_samples=2, budget=8, batch=2)
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    db = tmp_path / "nas.db"
+    assert main(["run", str(path), "--db", str(db), "--json"]) == 0
+    front = json.loads(capsys.readouterr().out)
+    assert (front["target"], front["objectives"]) == ("cpu", objectives)
+    with Store(f"sqlite:///{db}") as store:
+        assert store.front_targets(front["job"]) == ["cpu"]
+        subnets = store.subnets(front["job"])
+        iterations = store.search_iterations(front["job"])
+    assert len(subnets) == 8 and iterations[-1].evaluations == 8
+    everyone = minimisation_matrix(
+        [[s.metrics[k] for k in objectives] for s in subnets], ["max", "min", "min"]
+    )
+    measured = {s.id: s.metrics for s in subnets}
+    for p in front["points"]:
+        assert p["metrics"] == measured[p["subnet"]]
+        row = minimisation_matrix([[p["metrics"][k] for k in objectives]], ["max", "min", "min"])
+        assert not (np.all(everyone <= row, axis=1) & np.any(everyone < row, axis=1)).any()

@@ -49,11 +49,18 @@ def test_hypervolume_of_known_points() -> None:
     assert hypervolume([[0.7, 40.0]], ["max", "min"], [0.8, 30.0]) == 0.0
 
 
-def test_spread_evenly_takes_both_ends() -> None:
+def test_spread_evenly_takes_both_ends_then_the_middle() -> None:
     configs = [{"i": i} for i in range(10)]
-    costs = [9 - i for i in range(10)]
-    assert spread_evenly(configs, costs, 3) == [{"i": 9}, {"i": 5}, {"i": 0}]
-    assert spread_evenly(configs[:2], costs[:2], 3) == configs[:2]
+    rows = np.array([[-float(i), 9.0 - i] for i in range(10)])  # accuracy negated, cost
+    assert spread_evenly(configs, rows, 3) == [{"i": 9}, {"i": 0}, {"i": 4}]
+    assert spread_evenly(configs[:2], rows[:2], 3) == configs[:2]
+
+
+def test_spread_evenly_covers_three_objectives() -> None:
+    corners = [[0.0, 1.0, 1.0], [1.0, 0.0, 1.0], [1.0, 1.0, 0.0]]
+    rows = np.array(corners + [[0.5, 0.5, 0.9], [0.6, 0.5, 0.8], [0.45, 0.55, 0.95]])
+    configs = [{"i": i} for i in range(len(rows))]
+    assert sorted(c["i"] for c in spread_evenly(configs, rows, 3)) == [0, 1, 2]
 
 
 def test_nsga2_measures_valid_configs_and_respects_a_constraint(space, measure) -> None:
@@ -124,3 +131,47 @@ def test_predictive_search_spends_exactly_its_budget(space, measure) -> None:
         assert len(it.predictions) == 8
         for config, predicted in it.predictions:
             assert predicted["macs"] == measure.macs(config)
+
+
+def test_predictive_search_with_three_objectives(space, measure) -> None:
+    """Accuracy against MACs and params: the front it measures is non-dominated in 3-D and its
+    hypervolume grows."""
+    supernet = space.build_supernet()
+    params = lambda c: float(supernet.params(c))  # noqa: E731
+    objectives, directions = ["accuracy", "macs", "params"], ["max", "min", "min"]
+    seen: list[tuple[dict, dict]] = []
+
+    def evaluate(configs: list[dict]) -> list[dict[str, float]]:
+        results = [
+            {**m, "params": params(c)} for c, m in zip(configs, measure(configs), strict=True)
+        ]
+        seen.extend(zip(configs, results, strict=True))
+        return results
+
+    rng = np.random.default_rng(2)
+    initial = [space.max(), space.min()] + [space.sample(rng) for _ in range(8)]
+    reference = [
+        synthetic_accuracy(space, space.min()),
+        measure.macs(space.max()),
+        params(space.max()),
+    ]
+    iterations = run_predictive_search(
+        space,
+        evaluate,
+        objectives,
+        directions,
+        initial=initial,
+        budget=26,
+        reference=reference,
+        exact={"macs": measure.macs, "params": params},
+        batch=8,
+        population=24,
+        generations=8,
+    )
+    assert [i.evaluations for i in iterations] == [10, 18, 26]
+    assert iterations[-1].hypervolume > iterations[0].hypervolume > 0
+    rows = [[m[k] for k in objectives] for _, m in seen]
+    assert 1 <= len(non_dominated(rows, directions)) <= len(rows)
+    # the batches spread over the predicted front rather than bunching at one cost
+    batch_macs = [measure.macs(c) for c, _ in iterations[1].predictions]
+    assert max(batch_macs) > 2 * min(batch_macs)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 from nas.errors import SpecError
 from nas.spec import load_spec, parse_spec
 from tests.conftest import EXAMPLE_SPEC, tiny_spec
+from workers.datasets import load_dataset
 
 
 def test_example_spec_loads_and_builds_its_space() -> None:
@@ -61,9 +63,16 @@ def test_top_level_must_be_mapping() -> None:
             "value 4 is not a choice of dimension 'kernel.1.1'; allowed: [3, 5, 7]",
         ),
         ({"dataset": {"name": "imagenet"}}, "unknown dataset 'imagenet'"),
+        (
+            {"dataset": {"name": "digits", "val_samples": 1000}},
+            "val_samples needs a generated dataset (mnist1d), not 'digits'",
+        ),
         ({"objectives": ["accuracy", "latency_ms@gpu"]}, "unknown hardware target 'gpu'"),
         ({"objectives": ["accuracy", "latency_ms"]}, "must be written 'latency_ms@TARGET'"),
         ({"objectives": ["accuracy", "flops"]}, "unknown metric 'flops'"),
+        ({"objectives": ["accuracy", "macs", "macs"]}, "objectives must be ['accuracy', COST]"),
+        ({"objectives": ["macs", "accuracy"]}, "objectives must be ['accuracy', COST]"),
+        ({"objectives": ["accuracy", "macs", "params", "latency_ms@cpu"]}, "at most 3 items"),
         ({"constraints": [{"metric": "macs"}]}, "needs 'max' or 'min'"),
         ({"colour": "blue"}, "colour: Extra inputs are not permitted"),
     ],
@@ -131,3 +140,16 @@ def test_hardware_target_settings_load() -> None:
     )  # fmt: skip
     assert (target.input_shape, target.resources) == ([128], {"hw_gpu": 1.0})
     assert parse_spec(spec).target("cpu").input_shape is None  # the dataset's sample shape
+
+
+def test_generated_validation_set_is_fresh_and_leaves_training_whole() -> None:
+    carved = load_dataset("mnist1d")
+    generated = load_dataset("mnist1d", val_samples=500)
+    assert generated.x_val.shape == (500, carved.input_length)
+    assert len(generated.x_train) == len(carved.x_train) + len(carved.x_val)
+    np.testing.assert_array_equal(generated.x_test, carved.x_test)  # the standard test split
+    assert set(np.unique(generated.y_val)) == set(range(10))
+    seen = {row.tobytes() for row in np.concatenate([generated.x_train, generated.x_test])}
+    assert not any(row.tobytes() in seen for row in generated.x_val)
+    with pytest.raises(ValueError, match="dataset 'digits' is not generated"):
+        load_dataset("digits", val_samples=500)

@@ -3,7 +3,7 @@
 Each iteration fits one ``SubnetPredictor`` per measured objective (accuracy, latency), runs
 NSGA-II on the predictions (metrics such as MACs and params are exact and cheap, so they are
 computed, not predicted), and sends a batch of the predicted front's configs to the caller's
-``evaluate`` for real measurements, spread evenly along the front. The batch's predictions,
+``evaluate`` for real measurements, spread evenly over the front. The batch's predictions,
 made before measuring, score the predictors on subnets they were not fitted on.
 """
 
@@ -83,13 +83,24 @@ class _PredictedProblem(Problem):
             out["G"] = np.array([constraint_values(m, self.constraints) for m in metrics])
 
 
-def spread_evenly(candidates: list[Config], costs: Sequence[float], count: int) -> list[Config]:
-    """``count`` of the candidates, evenly spaced along the front by their cost."""
+def spread_evenly(candidates: list[Config], rows: np.ndarray, count: int) -> list[Config]:
+    """``count`` of the candidates spread evenly over the front they form, for any number of
+    objectives: farthest-point picking in objective space scaled to [0, 1], starting from the
+    candidate best on the first objective (so both ends of a two-objective front come first).
+
+    ``rows`` holds the candidates' objective values in minimisation form.
+    """
     if len(candidates) <= count:
         return candidates
-    order = np.argsort(costs, kind="stable")
-    picks = np.unique(np.linspace(0, len(order) - 1, count).round().astype(int))
-    return [candidates[order[i]] for i in picks]
+    rows = np.asarray(rows, dtype=float)
+    span = np.ptp(rows, axis=0)
+    scaled = (rows - rows.min(axis=0)) / np.where(span > 0, span, 1.0)
+    picks = [int(np.argmin(rows[:, 0]))]
+    distance = np.linalg.norm(scaled - scaled[picks[0]], axis=1)
+    while len(picks) < count:
+        picks.append(int(np.argmax(distance)))
+        distance = np.minimum(distance, np.linalg.norm(scaled - scaled[picks[-1]], axis=1))
+    return [candidates[i] for i in picks]
 
 
 def run_predictive_search(
@@ -201,8 +212,8 @@ def _choose(space, problem, result, measured, count, rng) -> list[Config]:
         if _key(config) not in measured:
             candidates[_key(config)] = config
     configs = list(candidates.values())
-    costs = [m[problem.objectives[-1]] for m in problem.metrics(configs)] if configs else []
-    chosen = spread_evenly(configs, costs, count)
+    rows = [[m[k] for k in problem.objectives] for m in problem.metrics(configs)] if configs else []
+    chosen = spread_evenly(configs, minimisation_matrix(rows, problem.directions), count)
     while len(chosen) < count:
         config = space.sample(rng)
         if _key(config) not in measured and config not in chosen:

@@ -191,3 +191,21 @@ class LatencyPredictorRow(Base):
     table: Mapped[dict[str, Any]] = mapped_column(JSON)
     scores: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class StopDecisionRow(Base):
+    """The learning-curve rule's verdict on one training run after one epoch."""
+
+    __tablename__ = "stop_decisions"
+    __table_args__ = (UniqueConstraint("run_id", "epoch"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("training_runs.id"))
+    epoch: Mapped[int]
+    stop: Mapped[bool]
+    mean: Mapped[float | None]
+    low: Mapped[float | None]
+    high: Mapped[float | None]
+    threshold: Mapped[float | None]
+    probability: Mapped[float | None]
+    reason: Mapped[str] = mapped_column(Text)

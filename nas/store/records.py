@@ -133,3 +133,20 @@ class LatencyPredictorRecord:
     """Median latency in milliseconds of each layer signature, measured alone on the target."""
     scores: dict[str, Any]
     """How well the predictor fitted on the table does on subnets it had not seen."""
+
+
+@dataclass(frozen=True)
+class StopDecisionRecord:
+    """The stopping rule's decision on run ``run_id`` after ``epoch``: the predicted final score
+    (``mean`` in ``[low, high]``), the bar it had to reach (``threshold``), the probability of
+    reaching it, and why; the predicted fields are ``None`` where the fallback decided."""
+
+    run_id: int
+    epoch: int
+    stop: bool
+    mean: float | None
+    low: float | None
+    high: float | None
+    threshold: float | None
+    probability: float | None
+    reason: str

@@ -32,6 +32,7 @@ from nas.store.models import (
     MeasurementRow,
     PredictionRow,
     SearchIterationRow,
+    StopDecisionRow,
     SubnetRow,
     TrainingRunRow,
     new_job_id,
@@ -48,6 +49,7 @@ from nas.store.records import (
     LatencyPredictorRecord,
     Measurement,
     SearchIterationRecord,
+    StopDecisionRecord,
     SubnetRecord,
     TrainingRunRecord,
     config_key,
@@ -229,6 +231,47 @@ class Store:
                 .order_by(CurvePointRow.epoch, CurvePointRow.name)
             )
             return [CurvePoint(row.epoch, row.name, row.value) for row in session.scalars(query)]
+
+    def add_stop_decision(self, decision: StopDecisionRecord) -> None:
+        """Record the rule's decision on a run after an epoch; deciding again replaces it."""
+        with self._session("add stop decision") as session:
+            _run(session, decision.run_id)
+            row = session.scalar(
+                select(StopDecisionRow).where(
+                    StopDecisionRow.run_id == decision.run_id,
+                    StopDecisionRow.epoch == decision.epoch,
+                )
+            )
+            if row is None:
+                row = StopDecisionRow(run_id=decision.run_id, epoch=decision.epoch)
+                session.add(row)
+            for name in ("stop", "mean", "low", "high", "threshold", "probability", "reason"):
+                setattr(row, name, getattr(decision, name))
+
+    def stop_decisions(self, job_id: str) -> list[StopDecisionRecord]:
+        """Every decision on the job's runs, by run, then epoch."""
+        with self._session("read stop decisions") as session:
+            _job(session, job_id)
+            query = (
+                select(StopDecisionRow)
+                .join(TrainingRunRow, TrainingRunRow.id == StopDecisionRow.run_id)
+                .where(TrainingRunRow.job_id == job_id)
+                .order_by(StopDecisionRow.run_id, StopDecisionRow.epoch)
+            )
+            return [
+                StopDecisionRecord(
+                    r.run_id,
+                    r.epoch,
+                    r.stop,
+                    r.mean,
+                    r.low,
+                    r.high,
+                    r.threshold,
+                    r.probability,
+                    r.reason,
+                )
+                for r in session.scalars(query)
+            ]
 
     # -- subnets and measurements -------------------------------------------------------------
 
