@@ -103,6 +103,7 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
         curve = store.curve(runs[-1].id) if runs else []
         subnets = store.subnets(job.id)
         iterations = store.search_iterations(job.id)
+        latency = store.latency_predictors(job.id)
         last_decision = {d.run_id: d for d in store.stop_decisions(job.id)}
         curves = {r.id: run_curves(store.curve(r.id)) for r in runs}
     training = [
@@ -124,6 +125,7 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
             | {"predictors": i.scores}
             for i in iterations
         ],
+        "latency_predictors": {p.target: p.scores for p in latency},
     }
     if args.json:
         print(json.dumps(status))
@@ -148,6 +150,15 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
         )
         line = f"  search iteration {i.iteration}: {i.evaluations} evaluations, "
         console.print(line + f"hypervolume {i.hypervolume:.4g}  {scores}", highlight=False)
+    for p in latency:
+        held_out = p.scores.get("held_out")
+        if held_out:
+            console.print(
+                f"  latency predictor {p.target}: {p.scores['layers']} layers, held out on "
+                f"{p.scores['fitted_on']} subnets: {held_out['within_10']:.0%} within 10%, "
+                f"MAPE {held_out['mape']:.1%}, spearman {held_out['spearman']:.2f}",
+                highlight=False,
+            )
     if job.error:
         console.print(f"  error: {job.error}", highlight=False)
     return 0

@@ -15,27 +15,32 @@ from typing import Any
 import numpy as np
 import ray
 
-from nas.errors import ClusterError
+from nas.errors import ClusterError, InfeasibleError
+from nas.hardware import measure_layer_table, measure_subnets
 from nas.pareto import non_dominated
+from nas.predictors.latency import LatencyPredictor, latency_scores
 from nas.search import Iteration, run_nsga2, run_predictive_search
-from nas.spec import JobSpec, directions
+from nas.spec import ConstraintSpec, JobSpec, directions
 from nas.store import (
     Measurement,
     StopDecisionRecord,
     Store,
     SubnetRecord,
     TrainingRunRecord,
+    config_key,
     metric_key,
 )
 from nas.trials import CurveJudge, FinishedRun, next_tuned, run_settings, score
 from search_spaces import Config, SearchSpace
 from workers.datasets import load_dataset
 from workers.evaluator import evaluate_configs
-from workers.profiler import measure_latency
 from workers.trainer import SupernetTrainer
 
 #: What the evaluator measures of every subnet, besides latency per hardware target.
 SUBNET_METRICS = ("accuracy", "test_accuracy", "macs", "params")
+
+#: How stored scores name the layer-table latency predictor.
+LAYER_TABLE_MODEL = "layer-table+linear"
 
 #: What a stored stop decision keeps of the rule's ``StopDecision``.
 DECISION = ("stop", "mean", "low", "high", "threshold", "probability", "reason")
@@ -63,7 +68,7 @@ class Controller:
         self.spec = JobSpec.model_validate(self.job.spec)
         self.space: SearchSpace = self.spec.space()
         self.space_data = {"name": self.space.name, "kwargs": self.space.describe()}
-        self.input_shape = load_dataset(**self.spec.dataset_kwargs()).x_train.shape[1:]
+        self.input_shape = list(load_dataset(**self.spec.dataset_kwargs()).x_train.shape[1:])
         self.artifacts = Path(artifacts).resolve() / job_id
         self.on_progress = on_progress
         self.checkpoint: str | None = None
@@ -73,6 +78,7 @@ class Controller:
         """Run every stage that has not finished; on failure the job is marked failed."""
         self.store.update_job(self.job.id, status="running", error="" if self.job.error else None)
         try:
+            self.check_feasible()
             self.train()
             self.profile()
             self.search()
@@ -89,6 +95,33 @@ class Controller:
     def _progress(self, stage: str, done: int, total: int, detail: str = "") -> None:
         self.store.update_job(self.job.id, stage_detail=detail or f"{done}/{total}")
         self.on_progress(stage, done, total, detail)
+
+    # ---- before any work --------------------------------------------------------------
+    def check_feasible(self) -> None:
+        """Fail at once when the smallest subnet already breaks an upper bound on a cost.
+
+        The smallest subnet has the fewest MACs and params of the space (exactly) and is its
+        fastest (in practice), so a ``max`` on any of them that it breaks, no subnet meets:
+        better one clear error now than a trained supernet and an empty front.
+        """
+        bounded = [c for c in self.spec.constraints if c.max is not None and c.metric != "accuracy"]
+        if not bounded:
+            return
+        smallest = self.space.min()
+        supernet = self.space.build_supernet()
+        values = {
+            "macs": float(supernet.macs(smallest)),
+            "params": float(supernet.params(smallest)),
+        }
+        for c in bounded:
+            target = c.metric.partition("@")[2]
+            if target and c.metric not in values:
+                values[c.metric] = self._latency(target, [smallest])[0]["median_ms"]
+            if values[c.metric] > c.max:
+                raise InfeasibleError(
+                    f"no subnet satisfies {c.metric} <= {c.max:g}: the smallest subnet of the "
+                    f"space already has {c.metric}={values[c.metric]:.4g}"
+                )
 
     # ---- TRAIN --------------------------------------------------------------------------
     def train(self) -> None:
@@ -219,16 +252,31 @@ class Controller:
 
     def _search_predictive(self) -> None:
         """Predictor-guided NSGA-II; each iteration's hypervolume and the predictions that
-        chose each measured subnet are stored."""
+        chose each measured subnet are stored.
+
+        MACs and params are computed exactly. Latency on a target is predicted from the
+        target's layer table (``nas.predictors.latency``), refitted after every iteration on
+        all subnets measured so far; the search receives it as a function of a config, like
+        the exact metrics, and its predictions are stored and scored here. Any other metric
+        is learned by the search's own predictors.
+        """
         settings = self.spec.search
         supernet = self.space.build_supernet()
-        exact = {
+        keys = {*self.spec.objectives, *(c.metric for c in self.spec.constraints)}
+        computed = {
             "macs": lambda c: float(supernet.macs(c)),
             "params": lambda c: float(supernet.params(c)),
         }
-        keys = {*self.spec.objectives, *(c.metric for c in self.spec.constraints)}
-        exact = {k: f for k, f in exact.items() if k in keys}
+        computed = {k: f for k, f in computed.items() if k in keys}
         profiled = self._profiled()
+        latency = {
+            key: self._latency_predictor(key.partition("@")[2], profiled)
+            for key in sorted(keys)
+            if key.partition("@")[0] == "latency_ms"
+        }
+        # what the search has measured so far, in order: refits see exactly this, so that a
+        # rerun of a finished search predicts (and stores) what the first run did
+        seen = [s.config for s in profiled]
         reference = _worst(
             [[s.metrics[k] for k in self.spec.objectives] for s in profiled],
             directions(self.spec.objectives),
@@ -238,16 +286,26 @@ class Controller:
             return [s.metrics for s in self.measure(configs, "search", "measuring")]
 
         def record(it: Iteration) -> None:
+            measured = {config_key(s.config): s.metrics for s in self.store.subnets(self.job.id)}
             for config, predicted in it.predictions:
                 subnet = self.store.add_subnet(self.job.id, config, "search")
-                learned = {k: v for k, v in predicted.items() if k not in exact}
+                learned = {k: v for k, v in predicted.items() if k not in computed}
                 self.store.add_predictions(subnet.id, learned, it.iteration)
+            seen.extend(c for c, _ in it.predictions)
+            scores = dict(it.scores)
+            for key, predictor in latency.items():
+                if it.predictions:
+                    guesses = [p[key] for _, p in it.predictions]
+                    truth = [measured[config_key(c)][key] for c, _ in it.predictions]
+                    scores[key] = {"model": LAYER_TABLE_MODEL, **latency_scores(guesses, truth)}
+                predictor.fit(seen, [measured[config_key(c)][key] for c in seen])
             self.store.add_search_iteration(
-                self.job.id, it.iteration, it.evaluations, it.hypervolume, it.scores
+                self.job.id, it.iteration, it.evaluations, it.hypervolume, scores
             )
             detail = f"iteration {it.iteration}, hypervolume {it.hypervolume:.4g}"
             self._progress("search", it.evaluations, settings.budget, detail)
 
+        predicted = {key: _one_at_a_time(p) for key, p in latency.items()}
         run_predictive_search(
             self.space,
             evaluate,
@@ -256,7 +314,7 @@ class Controller:
             initial=[s.config for s in profiled],
             budget=settings.budget,
             reference=reference,
-            exact=exact,
+            exact=computed | predicted,
             constraints=[c.model_dump() for c in self.spec.constraints],
             batch=settings.batch,
             population=settings.population,
@@ -264,6 +322,36 @@ class Controller:
             seed=self.spec.seed,
             on_iteration=record,
         )
+
+    def _latency_predictor(
+        self, target_name: str, profiled: list[SubnetRecord]
+    ) -> LatencyPredictor:
+        """The target's layer table (measured once per job, on the target's node) with its
+        correction fitted on the profiled subnets; that fit's cross-validated quality is
+        stored with the job."""
+        target = self.spec.target(target_name)
+        shape = target.input_shape or self.input_shape
+        stored = {p.target: p for p in self.store.latency_predictors(self.job.id)}
+        if target_name not in stored:
+            self._progress("search", 0, 1, f"measuring the layer table of target {target_name}")
+            layers = self.space.all_layers(shape)
+            table = self._get(measure_layer_table(target, self.space_data, layers))
+            medians = {signature: t["median_ms"] for signature, t in table.items()}
+            self.store.save_latency_predictor(self.job.id, target_name, table=medians)
+            stored[target_name] = self.store.latency_predictors(self.job.id)[-1]
+        predictor = LatencyPredictor(self.space, stored[target_name].table, shape)
+        key = metric_key("latency_ms", target_name)
+        configs, latencies = [s.config for s in profiled], [s.metrics[key] for s in profiled]
+        predictor.fit(configs, latencies)
+        if not stored[target_name].scores:
+            scores = {
+                "model": LAYER_TABLE_MODEL,
+                "layers": len(predictor.table),
+                "fitted_on": len(latencies),
+                "held_out": predictor.cross_validated_scores(configs, latencies),
+            }
+            self.store.save_latency_predictor(self.job.id, target_name, scores=scores)
+        return predictor
 
     # ---- FRONT --------------------------------------------------------------------------
     def save_fronts(self) -> None:
@@ -274,6 +362,9 @@ class Controller:
         for target in self.spec.hardware_targets:
             fronts.setdefault(target.name, ["accuracy", metric_key("latency_ms", target.name)])
         subnets = [s for s in self.store.subnets(self.job.id) if self._feasible(s)]
+        if not subnets:
+            bounds = ", ".join(_bounds(c) for c in self.spec.constraints)
+            raise InfeasibleError(f"no measured subnet satisfies the constraints ({bounds})")
         for target, keys in fronts.items():
             measured = [s for s in subnets if all(k in s.metrics for k in keys)]
             rows = [[s.metrics[k] for k in keys] for s in measured]
@@ -344,14 +435,10 @@ class Controller:
             self.store.add_measurements(subnet_id, rows)
 
     def _latency(self, target_name: str, configs: list[Config]) -> list[dict[str, float]]:
-        """One task per target, routed by the target's Ray resources, measuring in sequence."""
+        """One task per target, alone on the target's node, measuring in sequence."""
         target = self.spec.target(target_name)
-        task = ray.remote(measure_latency).options(
-            num_cpus=target.threads, resources=dict(target.resources)
-        )
-        return self._get(
-            task.remote(self.space_data, configs, target.model_dump(), list(self.input_shape))
-        )
+        shape = target.input_shape or self.input_shape
+        return self._get(measure_subnets(target, self.space_data, configs, shape))
 
     @staticmethod
     def _get(futures: Any) -> Any:
@@ -361,6 +448,17 @@ class Controller:
         except ray.exceptions.RayTaskError as error:
             cause = error.as_instanceof_cause()
             raise ClusterError(f"a Ray task failed: {type(cause).__name__}: {cause}") from error
+
+
+def _bounds(constraint: ConstraintSpec) -> str:
+    """``0.9 <= accuracy``, ``params <= 5e+04``, ``1 <= latency_ms@cpu <= 2``."""
+    low = f"{constraint.min:g} <= " if constraint.min is not None else ""
+    high = f" <= {constraint.max:g}" if constraint.max is not None else ""
+    return f"{low}{constraint.metric}{high}"
+
+
+def _one_at_a_time(predictor: LatencyPredictor) -> Callable[[Config], float]:
+    return lambda config: float(predictor.predict([config])[0])
 
 
 def _worst(rows: list[list[float]], directions: list[str]) -> list[float]:

@@ -22,3 +22,7 @@ class NotFoundError(NasError):
 
 class ClusterError(NasError):
     """The Ray cluster cannot be reached or a remote task failed."""
+
+
+class InfeasibleError(NasError):
+    """No subnet satisfies the job's constraints."""

@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from nas.errors import SpecError
+from nas.hardware import HardwareTargetSpec
 from search_spaces import ConfigError, SearchSpace, get_space
 from workers.datasets import dataset_names, generated_dataset_names, load_dataset
 
@@ -123,18 +124,6 @@ class TrainingSpec(Strict):
         if self.trials > 1 and not self.tune:
             raise ValueError(f"trials={self.trials} needs 'tune': runs would all be the same")
         return self
-
-
-class HardwareTargetSpec(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    device: Literal["cpu"] = "cpu"
-    runtime: Literal["torch"] = "torch"
-    threads: int = Field(1, ge=1)
-    batch_size: int = Field(1, ge=1)
-    warmup: int = Field(10, ge=0)
-    repeats: int = Field(30, ge=3)
-    #: Ray resources a measurement asks for, routing it to matching nodes (``{"hw_edge": 1}``).
-    resources: dict[str, float] = Field(default_factory=dict)
 
 
 class ConstraintSpec(Strict):
@@ -255,9 +244,15 @@ def parse_spec(data: Any, source: str = "spec") -> JobSpec:
     except ValidationError as error:
         raise SpecError(f"{source}: {_first_error(error)}") from None
     try:
-        get_space(spec.search_space.name, choices=spec.search_space.choices)
+        space = get_space(spec.search_space.name, choices=spec.search_space.choices)
     except ConfigError as error:
         raise SpecError(f"{source}: search_space: {error}") from None
+    for i, target in enumerate(spec.hardware_targets):
+        try:
+            if target.input_shape is not None:
+                space.check_input_shape(target.input_shape)
+        except ConfigError as error:
+            raise SpecError(f"{source}: hardware_targets.{i}.input_shape: {error}") from None
     return spec
 
 

@@ -78,6 +78,29 @@ class SearchSpace(ABC):
     def describe(self) -> dict[str, Any]:
         """The constructor arguments that rebuild this space (stored with jobs, sent to workers)."""
 
+    def check_input_shape(self, input_shape: Sequence[int]) -> None:
+        """Raise ``ConfigError`` if this space's networks cannot take samples of this shape
+        (by default any shape passes, and the first forward pass is the check)."""
+        return None
+
+    # ---- layers, for latency lookup tables (optional) --------------------------------------
+    def layers(self, config: Mapping[str, int], input_shape: Sequence[int]) -> list[str]:
+        """Signatures of the layers ``config``'s subnet runs on samples of ``input_shape``.
+
+        A signature is a string naming one layer's whole computation (its kind and every shape
+        that sets its cost): equal signatures cost the same, which is what lets a latency
+        predictor measure each once and sum them over a subnet.
+        """
+        raise NotImplementedError(f"search space '{self.name}' does not describe its layers")
+
+    def all_layers(self, input_shape: Sequence[int]) -> list[str]:
+        """Every signature that some config's subnet contains, each once, in a fixed order."""
+        raise NotImplementedError(f"search space '{self.name}' does not describe its layers")
+
+    def build_layer(self, signature: str) -> tuple[nn.Module, tuple[int, ...]]:
+        """A freshly initialised module computing one layer, and its one-sample input shape."""
+        raise NotImplementedError(f"search space '{self.name}' does not describe its layers")
+
     # ---- shared behaviour -----------------------------------------------------------------
     def restrict(self, choices: Mapping[str, Sequence[int]]) -> dict[str, tuple[int, ...]]:
         """Resolve ``{pattern: allowed values}`` into per-dimension choices.

@@ -14,13 +14,14 @@ name for name.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import json
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from search_spaces.base import Dimension, SearchSpace, Supernet, register_space
+from search_spaces.base import ConfigError, Dimension, SearchSpace, Supernet, register_space
 from search_spaces.elastic import ElasticBatchNorm1d, ElasticConv1d, ElasticLinear
 from search_spaces.standalone.cnn1d_net import Block, Cnn1dNet
 
@@ -92,6 +93,121 @@ class Cnn1dSpace(SearchSpace):
             "stem": {"out": STEM_WIDTH, "kernel": STEM_KERNEL},
             "stages": stages,
         }
+
+    def check_input_shape(self, input_shape: Sequence[int]) -> None:
+        _length(input_shape)
+
+    # ---- layers, for latency lookup tables ----------------------------------------------
+    def layers(self, config: Mapping[str, int], input_shape: Sequence[int]) -> list[str]:
+        arch = self.arch(config)
+        return [_signature(layer) for layer in arch_layers(arch, _length(input_shape))]
+
+    def all_layers(self, input_shape: Sequence[int]) -> list[str]:
+        """Stem, every block a stage position can hold (input width, width, kernel,
+        expansion; the stride and length follow from the position) and the head per width."""
+        choices = {d.name: d.choices for d in self.dimensions}
+        length, inputs = _length(input_shape), (STEM_WIDTH,)
+        found = [{"op": "stem", "out": STEM_WIDTH, "kernel": STEM_KERNEL, "length": length}]
+        for s in range(1, len(STAGE_WIDTHS) + 1):
+            widths = choices[f"width.{s}"]
+            for b in range(1, max(choices[f"depth.{s}"]) + 1):
+                first = b == 1
+                for out in widths:
+                    for channels in inputs if first else (out,):
+                        for kernel in choices[f"kernel.{s}.{b}"]:
+                            for expand in choices[f"expand.{s}.{b}"]:
+                                found.append(
+                                    _block_layer(
+                                        channels, channels * expand, out, kernel,
+                                        STAGE_STRIDE if first else 1,
+                                        length if first else _strided(length),
+                                    )
+                                )  # fmt: skip
+            length, inputs = _strided(length), widths
+        for channels in inputs:
+            found.append(_head_layer(channels, self.num_classes, length))
+        return list(dict.fromkeys(_signature(layer) for layer in found))
+
+    def build_layer(self, signature: str) -> tuple[nn.Module, tuple[int, ...]]:
+        layer = json.loads(signature)
+        op = layer.get("op")
+        if op == "stem":
+            return _Stem(layer["out"], layer["kernel"]), (layer["length"],)
+        if op == "block":
+            block = Block(layer["in"], layer["mid"], layer["out"], layer["kernel"], layer["stride"])
+            return block, (layer["in"], layer["length"])
+        if op == "head":
+            return _Head(layer["in"], layer["classes"]), (layer["in"], layer["length"])
+        raise ConfigError(f"unknown layer kind {op!r} in {signature}; known: stem, block, head")
+
+
+def _length(input_shape: Sequence[int]) -> int:
+    if len(input_shape) != 1:
+        raise ConfigError(f"cnn1d takes samples of shape (length,), got {tuple(input_shape)}")
+    return int(input_shape[0])
+
+
+def _strided(length: int) -> int:
+    return (length - 1) // STAGE_STRIDE + 1
+
+
+def _signature(layer: dict[str, Any]) -> str:
+    return json.dumps(layer, sort_keys=True, separators=(",", ":"))
+
+
+def _block_layer(
+    channels: int, mid: int, out: int, kernel: int, stride: int, length: int
+) -> dict[str, Any]:
+    return {
+        "op": "block", "in": channels, "mid": mid, "out": out, "kernel": kernel,
+        "stride": stride, "length": length,
+    }  # fmt: skip
+
+
+def _head_layer(channels: int, classes: int, length: int) -> dict[str, Any]:
+    return {"op": "head", "in": channels, "classes": classes, "length": length}
+
+
+def arch_layers(arch: dict, length: int) -> Iterator[dict[str, Any]]:
+    """The static network's layers in order, each as the plain description that sets its cost
+    (``length`` is the input length of that layer)."""
+    stem = arch["stem"]
+    yield {"op": "stem", "out": stem["out"], "kernel": stem["kernel"], "length": length}
+    channels = stem["out"]
+    for stage in arch["stages"]:
+        for i, block in enumerate(stage["blocks"]):
+            stride = stage["stride"] if i == 0 else 1
+            yield _block_layer(
+                channels, block["mid"], stage["out"], block["kernel"], stride, length
+            )
+            channels, length = stage["out"], (length - 1) // stride + 1
+    yield _head_layer(channels, arch["num_classes"], length)
+
+
+class _Stem(nn.Module):
+    """``Cnn1dNet``'s first steps alone: normalise, stem convolution, batch norm, ReLU."""
+
+    def __init__(self, out: int, kernel: int):
+        super().__init__()
+        self.register_buffer("input_mean", torch.tensor(0.0))
+        self.register_buffer("input_std", torch.tensor(1.0))
+        self.stem = nn.Conv1d(1, out, kernel, 1, kernel // 2, bias=False)
+        self.stem_bn = nn.BatchNorm1d(out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = ((x - self.input_mean) / self.input_std).unsqueeze(1)
+        return torch.relu(self.stem_bn(self.stem(x)))
+
+
+class _Head(nn.Module):
+    """``Cnn1dNet``'s last steps alone: global average pooling and the linear classifier."""
+
+    def __init__(self, channels: int, classes: int):
+        super().__init__()
+        self.classifier = nn.Linear(channels, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(x.mean(dim=-1))
 
 
 class ElasticBlock(nn.Module):
@@ -168,18 +284,24 @@ class Cnn1dSupernet(Supernet):
 def arch_macs(arch: dict) -> int:
     """Multiply-accumulates of one sample through convolutions and the classifier.
 
-    Batch norm, ReLU, the residual add and pooling are not counted (they fold or are
-    negligible), the usual convention of MAC counters.
+    Batch norm, ReLU, the input normalisation, the residual add and pooling are not counted
+    (batch norm folds into the convolution before it; the others are a few operations per
+    activation, not per weight): the convention of MAC counters, and exactly what
+    ``torch.utils.flop_counter`` counts, halved.
     """
-    length = arch["input_length"]
-    channels = arch["stem"]["out"]
-    total = channels * arch["stem"]["kernel"] * length
-    for stage in arch["stages"]:
-        for i, block in enumerate(stage["blocks"]):
-            stride = stage["stride"] if i == 0 else 1
-            out_length = (length - 1) // stride + 1
-            total += channels * block["mid"] * length  # expand
-            total += block["mid"] * block["kernel"] * out_length  # depthwise
-            total += block["mid"] * stage["out"] * out_length  # project
-            channels, length = stage["out"], out_length
-    return total + channels * arch["num_classes"]
+    return sum(layer_macs(layer) for layer in arch_layers(arch, arch["input_length"]))
+
+
+def layer_macs(layer: dict[str, Any]) -> int:
+    """Multiply-accumulates of one sample through one layer of ``arch_layers``."""
+    length = layer["length"]
+    if layer["op"] == "stem":
+        return layer["out"] * layer["kernel"] * length
+    if layer["op"] == "head":
+        return layer["in"] * layer["classes"]
+    out_length = (length - 1) // layer["stride"] + 1
+    mid = layer["mid"]
+    expand = layer["in"] * mid * length
+    depthwise = mid * layer["kernel"] * out_length
+    project = mid * layer["out"] * out_length
+    return expand + depthwise + project

@@ -101,6 +101,47 @@ def test_round_trip_through_json_is_identical() -> None:
     assert again == spec
 
 
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (
+            {"device": "tpu"},
+            "hardware_targets.0.device: unknown device 'tpu'; supported: cpu, cuda",
+        ),
+        (
+            {"runtime": "tvm"},
+            "hardware_targets.0.runtime: unknown runtime 'tvm'; supported: torch, onnxruntime",
+        ),
+        ({"input_shape": [40, 0]}, "input_shape must hold positive sizes, got [40, 0]"),
+        (
+            {"input_shape": [1, 40]},
+            "hardware_targets.0.input_shape: cnn1d takes samples of shape (length,), got (1, 40)",
+        ),
+        ({"input_shape": []}, "hardware_targets.0.input_shape: List should have at least 1 item"),
+        ({"threads": 0}, "hardware_targets.0.threads: Input should be greater than or equal to 1"),
+        ({"clock_mhz": 900}, "hardware_targets.0.clock_mhz: Extra inputs are not permitted"),
+    ],
+)
+def test_bad_hardware_target_is_named(change: dict, expected: str) -> None:
+    spec = tiny_spec()
+    spec["hardware_targets"][0].update(change)
+    assert expected in error_of(spec)
+
+
+def test_hardware_target_settings_load() -> None:
+    spec = tiny_spec()
+    spec["hardware_targets"].append(
+        {"name": "gpu", "device": "cuda", "runtime": "onnxruntime", "threads": 2,
+         "batch_size": 8, "input_shape": [128], "resources": {"hw_gpu": 1}}
+    )  # fmt: skip
+    target = parse_spec(spec).target("gpu")
+    assert (target.device, target.runtime, target.threads, target.batch_size) == (
+        "cuda", "onnxruntime", 2, 8,
+    )  # fmt: skip
+    assert (target.input_shape, target.resources) == ([128], {"hw_gpu": 1.0})
+    assert parse_spec(spec).target("cpu").input_shape is None  # the dataset's sample shape
+
+
 def test_generated_validation_set_is_fresh_and_leaves_training_whole() -> None:
     carved = load_dataset("mnist1d")
     generated = load_dataset("mnist1d", val_samples=500)

@@ -338,3 +338,21 @@ def test_predictions_label_subnets_and_search_iterations_round_trip(store: Store
     assert iterations[1].scores == {"accuracy": {"spearman": 0.95}}
     with pytest.raises(NotFoundError, match="unknown subnet 999"):
         store.add_predictions(999, {"accuracy": 0.1}, iteration=1)
+
+
+def test_latency_predictors_round_trip_and_update(store: Store) -> None:
+    job = store.create_job("j", {})
+    with pytest.raises(ValueError, match="target 'cpu' of job '.*' has no latency table"):
+        store.save_latency_predictor(job.id, "cpu", scores={"mape": 0.1})
+    store.save_latency_predictor(job.id, "cpu", table={'{"op":"stem"}': 0.02})
+    store.save_latency_predictor(job.id, "gpu", table={'{"op":"stem"}': 0.01})
+    store.save_latency_predictor(job.id, "cpu", scores={"held_out": {"mape": 0.05}})
+    cpu, gpu = store.latency_predictors(job.id)
+    assert (cpu.target, cpu.table, cpu.scores) == (
+        "cpu",
+        {'{"op":"stem"}': 0.02},
+        {"held_out": {"mape": 0.05}},
+    )
+    assert (gpu.target, gpu.scores) == ("gpu", {})
+    with pytest.raises(NotFoundError, match="unknown job 'nope'"):
+        store.latency_predictors("nope")

@@ -178,6 +178,21 @@ class SearchIterationRow(Base):
     scores: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
+class LatencyPredictorRow(Base):
+    """A hardware target's latency lookup table (layer signature -> median ms) and the
+    held-out quality of the predictor fitted on it."""
+
+    __tablename__ = "latency_predictors"
+    __table_args__ = (UniqueConstraint("job_id", "target"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"))
+    target: Mapped[str] = mapped_column(String(64))
+    table: Mapped[dict[str, Any]] = mapped_column(JSON)
+    scores: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class StopDecisionRow(Base):
     """The learning-curve rule's verdict on one training run after one epoch."""
 

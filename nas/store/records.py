@@ -127,6 +127,15 @@ class SearchIterationRecord:
 
 
 @dataclass(frozen=True)
+class LatencyPredictorRecord:
+    target: str
+    table: dict[str, float]
+    """Median latency in milliseconds of each layer signature, measured alone on the target."""
+    scores: dict[str, Any]
+    """How well the predictor fitted on the table does on subnets it had not seen."""
+
+
+@dataclass(frozen=True)
 class StopDecisionRecord:
     """The stopping rule's decision on run ``run_id`` after ``epoch``: the predicted final score
     (``mean`` in ``[low, high]``), the bar it had to reach (``threshold``), the probability of

@@ -28,6 +28,7 @@ from nas.store.models import (
     FrontMemberRow,
     FrontRow,
     JobRow,
+    LatencyPredictorRow,
     MeasurementRow,
     PredictionRow,
     SearchIterationRow,
@@ -45,6 +46,7 @@ from nas.store.records import (
     CurvePoint,
     FrontRecord,
     JobRecord,
+    LatencyPredictorRecord,
     Measurement,
     SearchIterationRecord,
     StopDecisionRecord,
@@ -343,6 +345,43 @@ class Store:
             return [
                 SearchIterationRecord(r.iteration, r.evaluations, r.hypervolume, r.scores)
                 for r in session.scalars(query.order_by(SearchIterationRow.iteration))
+            ]
+
+    def save_latency_predictor(
+        self,
+        job_id: str,
+        target: str,
+        *,
+        table: dict[str, float] | None = None,
+        scores: dict[str, Any] | None = None,
+    ) -> None:
+        """Store a target's latency table and/or its predictor's scores (``None`` keeps what is
+        stored); the first save needs the table."""
+        with self._session("save latency predictor") as session:
+            _job(session, job_id)
+            row = session.scalar(
+                select(LatencyPredictorRow).where(
+                    LatencyPredictorRow.job_id == job_id, LatencyPredictorRow.target == target
+                )
+            )
+            if row is None:
+                if table is None:
+                    raise ValueError(f"target {target!r} of job {job_id!r} has no latency table")
+                row = LatencyPredictorRow(job_id=job_id, target=target, scores={})
+                session.add(row)
+            if table is not None:
+                row.table = table
+            if scores is not None:
+                row.scores = scores
+
+    def latency_predictors(self, job_id: str) -> list[LatencyPredictorRecord]:
+        """The job's latency tables and predictor scores, one per target, in creation order."""
+        with self._session("read latency predictors") as session:
+            _job(session, job_id)
+            query = select(LatencyPredictorRow).where(LatencyPredictorRow.job_id == job_id)
+            return [
+                LatencyPredictorRecord(row.target, row.table, row.scores)
+                for row in session.scalars(query.order_by(LatencyPredictorRow.id))
             ]
 
     def get_subnet(self, job_id: str, subnet_id: int) -> SubnetRecord:
