@@ -206,18 +206,18 @@ def main() -> None:
     args = parser.parse_args()
 
     job_id, space, supernet, splits = load_job(args.db, args.job)
-    tasks = [(args.db, job_id, m, s, args.budget) for s in range(args.seeds) for m in METHODS]
-    tasks.append((args.db, job_id, "pymoo NSGA-II (real evaluations)", 1000, args.reference_budget))
+    # the long reference run first, so that it does not finish alone after everything else
+    tasks = [(args.db, job_id, "pymoo NSGA-II (real evaluations)", 1000, args.reference_budget)]
+    tasks += [(args.db, job_id, m, s, args.budget) for s in range(args.seeds) for m in METHODS]
     started = time.perf_counter()
     with get_context("spawn").Pool(args.workers) as pool:
-        runs = pool.map(run_one, tasks, chunksize=1)
+        long_run, *runs = pool.map(run_one, tasks, chunksize=1)
     reference = reference_point(space, Evaluator(space, supernet, splits))
-    everything = [p for _, _, points, _ in runs for p in points]
+    everything = [p for _, _, points, _ in [long_run, *runs] for p in points]
     reference_hv = hypervolume(everything, DIRECTIONS, reference)
-    long_run = runs[-1]
     per_method: dict[str, list] = {m: [] for m in METHODS}
     mean_curves: dict[str, list[float]] = {}
-    for method, seed, points, seconds in runs[:-1]:
+    for method, seed, points, seconds in runs:
         hv = curve(points, reference)
         reached = next((i + 1 for i, v in enumerate(hv) if v >= TARGET * reference_hv), None)
         per_method[method].append(
