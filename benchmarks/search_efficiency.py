@@ -218,12 +218,15 @@ def main() -> None:
     per_method: dict[str, list] = {m: [] for m in METHODS}
     mean_curves: dict[str, list[float]] = {}
     for method, seed, points, seconds in runs:
+        # a run that ends before its budget (it ran out of new subnets) keeps its last value
         hv = curve(points, reference)
+        hv += [hv[-1]] * (args.budget - len(hv))
         reached = next((i + 1 for i, v in enumerate(hv) if v >= TARGET * reference_hv), None)
         per_method[method].append(
             {
                 "seed": seed,
                 "evaluations_to_98": reached,
+                "evaluations": len(points),
                 "final_hv": hv[-1],
                 "seconds": seconds,
                 "curve": hv,
