@@ -88,15 +88,9 @@ def cmd_jobs(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def run_curves(points: list) -> dict[str, list[float]]:
-    """A run's curve points as one list per name, in epoch order."""
-    curves: dict[str, list[float]] = {}
-    for point in points:  # the store orders them by epoch
-        curves.setdefault(point.name, []).append(point.value)
-    return curves
-
-
 def cmd_status(args: argparse.Namespace, console: Console) -> int:
+    from nas.trials import run_curves
+
     with Store(resolve_url(args.db)) as store:
         job = store.get_job(args.job)
         runs = store.training_runs(job.id)

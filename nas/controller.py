@@ -30,7 +30,14 @@ from nas.store import (
     config_key,
     metric_key,
 )
-from nas.trials import CurveJudge, FinishedRun, next_tuned, run_settings, score
+from nas.trials import (
+    CurveJudge,
+    FinishedRun,
+    next_tuned,
+    run_curves,
+    run_settings,
+    scores,
+)
 from search_spaces import Config, SearchSpace
 from workers.datasets import load_dataset
 from workers.evaluator import evaluate_configs
@@ -190,10 +197,7 @@ class Controller:
         return decision.stop
 
     def _scores(self, run_id: int) -> list[float]:
-        by_epoch: dict[int, dict[str, float]] = {}
-        for point in self.store.curve(run_id):
-            by_epoch.setdefault(point.epoch, {})[point.name] = point.value
-        return [score(by_epoch[e]) for e in sorted(by_epoch)]
+        return scores(run_curves(self.store.curve(run_id)))
 
     def _finished_runs(self, runs: Sequence[TrainingRunRecord]) -> list[FinishedRun]:
         return [

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from nas.errors import ClusterError
 from workers.profiler import DEVICES, RUNTIMES, measure_latency, measure_layers
@@ -39,19 +39,15 @@ class HardwareTargetSpec(BaseModel):
     #: Ray resources a measurement asks for, routing it to matching nodes (``{"hw_edge": 1}``).
     resources: dict[str, float] = Field(default_factory=dict)
 
-    @field_validator("device")
+    @field_validator("device", "runtime")
     @classmethod
-    def known_device(cls, device: str) -> str:
-        if device not in DEVICES:
-            raise ValueError(f"unknown device '{device}'; supported: {', '.join(DEVICES)}")
-        return device
-
-    @field_validator("runtime")
-    @classmethod
-    def known_runtime(cls, runtime: str) -> str:
-        if runtime not in RUNTIMES:
-            raise ValueError(f"unknown runtime '{runtime}'; supported: {', '.join(RUNTIMES)}")
-        return runtime
+    def supported(cls, value: str, info: ValidationInfo) -> str:
+        allowed = {"device": DEVICES, "runtime": RUNTIMES}[info.field_name]
+        if value not in allowed:
+            raise ValueError(
+                f"unknown {info.field_name} '{value}'; supported: {', '.join(allowed)}"
+            )
+        return value
 
     @field_validator("input_shape")
     @classmethod

@@ -23,6 +23,7 @@ from optuna.trial import TrialState, create_trial
 
 from nas.predictors.curves import LearningCurvePredictor, StopDecision, StoppingRule
 from nas.spec import EarlyStoppingSpec, RangeSpec, TrainingSpec
+from nas.store import CurvePoint
 
 #: Curve points whose mean is a run's score.
 SCORE_POINTS = ("val_acc/largest", "val_acc/smallest")
@@ -38,9 +39,18 @@ class FinishedRun:
     stopped: bool
 
 
-def score(values: Mapping[str, float]) -> float:
-    """One epoch's score from its curve points."""
-    return sum(values[name] for name in SCORE_POINTS) / len(SCORE_POINTS)
+def run_curves(points: Sequence[CurvePoint]) -> dict[str, list[float]]:
+    """A run's curve points (ordered by epoch, as the store gives them) as one list per name."""
+    curves: dict[str, list[float]] = {}
+    for point in points:
+        curves.setdefault(point.name, []).append(point.value)
+    return curves
+
+
+def scores(curves: Mapping[str, Sequence[float]]) -> list[float]:
+    """A run's score after each epoch, from its curves."""
+    columns = [curves.get(name, []) for name in SCORE_POINTS]
+    return [sum(values) / len(values) for values in zip(*columns, strict=True)]
 
 
 def distributions(tune: Mapping[str, RangeSpec]) -> dict[str, BaseDistribution]:
