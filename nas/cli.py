@@ -51,7 +51,113 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
 def cmd_resume(args: argparse.Namespace, console: Console) -> int:
     with Store(resolve_url(args.db)) as store:
         job = store.get_job(args.job)
+        if _is_jobs_api(args.address):
+            return submit_job(store, args, console, lambda client: job)
         return run_job(store, args, console, lambda: job)
+
+
+def cmd_submit(args: argparse.Namespace, console: Console) -> int:
+    """Send the job's controller to the cluster; a job of the same spec whose controller
+    died, failed or was cancelled is resumed rather than started again."""
+    from nas.spec import load_spec
+
+    spec = load_spec(args.spec)
+    spec_json = spec.model_dump(mode="json")
+    with Store(resolve_url(args.db)) as store:
+
+        def job_to_submit(client: Any) -> JobRecord:
+            return _resumable(store, client, spec_json) or store.create_job(spec.name, spec_json)
+
+        return submit_job(store, args, console, job_to_submit)
+
+
+def submit_job(
+    store: Store,
+    args: argparse.Namespace,
+    console: Console,
+    job_to_submit: Callable[[Any], JobRecord],
+) -> int:
+    """Check the cluster first, then get the job and start its controller there."""
+    from nas.submission import jobs_client, submit_controller
+
+    client = jobs_client(args.address)
+    job = job_to_submit(client)
+    artifacts = artifacts_dir(args.artifacts, store.url).absolute()
+    submission = submit_controller(client, job.id, store.url, artifacts)
+    store.update_job(job.id, cluster_address=args.address, submission_id=submission)
+    if args.json:
+        print(json.dumps({"job": job.id, "submission": submission, "address": args.address}))
+    else:
+        console.print(f"submitted job {job.id} to {args.address} as {submission}", highlight=False)
+        console.print(job.id, highlight=False)
+    return 0
+
+
+def _resumable(store: Store, client: Any, spec_json: dict[str, Any]) -> JobRecord | None:
+    """The unfinished job of this spec whose controller is known not to run, if any."""
+    from nas.submission import ACTIVE_STATES, controller_state
+
+    for job in store.list_jobs():
+        if job.spec != spec_json or job.status == "done":
+            continue
+        state = controller_state(client, job.submission_id) if job.submission_id else None
+        if state in ACTIVE_STATES:
+            raise NasError(
+                f"job {job.id} of this spec is already {state.lower()} on the cluster "
+                f"(submission {job.submission_id}); 'nas cancel {job.id}' stops it"
+            )
+        if job.status in ("failed", "cancelled") or state is not None:
+            return job
+    return None
+
+
+def _is_jobs_api(address: str | None) -> bool:
+    return bool(address) and address.startswith(("http://", "https://"))
+
+
+def _submitted_client(job: JobRecord) -> Any:
+    """A Jobs API client for a job's cluster, or the error that it never went to one."""
+    from nas.submission import jobs_client
+
+    if not job.submission_id or not job.cluster_address:
+        raise NasError(f"job {job.id} was not submitted to a cluster (it ran with 'nas run')")
+    return jobs_client(job.cluster_address)
+
+
+def cmd_logs(args: argparse.Namespace, console: Console) -> int:
+    from nas.submission import controller_logs
+
+    with Store(resolve_url(args.db)) as store:
+        job = store.get_job(args.job)
+    print(controller_logs(_submitted_client(job), job.submission_id), end="")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace, console: Console) -> int:
+    """Mark the job cancelled (its controller stops at its next step), then stop the Ray job."""
+    from nas.submission import stop_controller
+
+    with Store(resolve_url(args.db)) as store:
+        job = store.get_job(args.job)
+        if job.status in ("done", "cancelled"):
+            raise NasError(f"job {job.id} is already {job.status}")
+        store.update_job(job.id, status="cancelled")
+    if job.submission_id and job.cluster_address:
+        stop_controller(_submitted_client(job), job.submission_id)
+    console.print(f"cancelled job {job.id}", highlight=False)
+    return 0
+
+
+def cmd_db_upgrade(args: argparse.Namespace, console: Console) -> int:
+    from nas.store import upgrade_schema
+
+    url = resolve_url(args.db)
+    before, after = upgrade_schema(url)
+    if before == after:
+        print(f"{_safe(url)} is at schema revision {after}")
+    else:
+        print(f"upgraded {_safe(url)} from schema revision {before or 'none'} to {after}")
+    return 0
 
 
 def run_job(
@@ -120,11 +226,16 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
             for i in iterations
         ],
         "latency_predictors": {p.target: p.scores for p in latency},
-    }
+    } | ({"controller": _controller_json(job)} if job.submission_id else {})
     if args.json:
         print(json.dumps(status))
         return 0
     console.print(f"job {job.id} ({job.name}): {job.status}", highlight=False)
+    if "controller" in status:
+        c = status["controller"]
+        console.print(
+            f"  controller: {c['state']} on {c['address']} ({c['submission']})", highlight=False
+        )
     for row in status["stages"]:
         console.print(f"  {row['stage']:<8} {row['state']:<8} {row['detail']}", highlight=False)
     for r in training:
@@ -156,6 +267,17 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
     if job.error:
         console.print(f"  error: {job.error}", highlight=False)
     return 0
+
+
+def _controller_json(job: JobRecord) -> dict[str, str]:
+    """Where a submitted job's controller runs and the Ray job's state (or why unknown)."""
+    from nas.submission import controller_state
+
+    try:
+        state = controller_state(_submitted_client(job), job.submission_id)
+    except NasError as error:
+        state = f"UNKNOWN ({error})"
+    return {"address": job.cluster_address, "submission": job.submission_id, "state": state}
 
 
 def cmd_pareto(args: argparse.Namespace, console: Console) -> int:
@@ -316,12 +438,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     resume.add_argument("job")
     resume.set_defaults(handler=cmd_resume)
-    for runner in (run, resume):
-        runner.add_argument("--address", help="Ray cluster address (default: a local instance)")
+    submit = sub.add_parser(
+        "submit", parents=[common], help="run a job on a Ray cluster through the Ray Jobs API"
+    )
+    submit.add_argument("spec")
+    submit.set_defaults(handler=cmd_submit)
+    for runner in (run, resume, submit):
         runner.add_argument(
-            "--artifacts", help="artifact directory (default: $NAS_ARTIFACTS or beside the db)"
+            "--address",
+            required=runner is submit,
+            help="Ray cluster: HOST:PORT (or auto) to run here against it, or the Jobs API's "
+            "http://HOST:8265 to run the controller there (default for run/resume: a local "
+            "instance)",
         )
-        runner.add_argument("--json", action="store_true", help="print the final front as JSON")
+        runner.add_argument(
+            "--artifacts",
+            help="artifact directory, shared by every node (default: $NAS_ARTIFACTS or beside "
+            "the db)",
+        )
+        runner.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    logs = sub.add_parser("logs", parents=[common], help="print a submitted job's controller log")
+    logs.add_argument("job")
+    logs.set_defaults(handler=cmd_logs)
+    cancel = sub.add_parser("cancel", parents=[common], help="cancel a running or submitted job")
+    cancel.add_argument("job")
+    cancel.set_defaults(handler=cmd_cancel)
+
+    db = sub.add_parser("db", help="database schema")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    upgrade = db_sub.add_parser(
+        "upgrade", parents=[common], help="migrate the database to this version's schema"
+    )
+    upgrade.set_defaults(handler=cmd_db_upgrade)
 
     jobs = sub.add_parser("jobs", parents=[common], help="list jobs")
     jobs.add_argument("--json", action="store_true")

@@ -19,6 +19,11 @@ import ray
 
 from nas.errors import ClusterError
 
+#: How often a worker process that dies (killed, out of memory) is restarted and its task
+#: retried before the job fails. Workers return results and only the controller stores them,
+#: so a retried task is never counted twice.
+WORKER_RETRIES = 3
+
 
 def check_reachable(address: str, timeout_s: float = 3.0) -> None:
     """Fail fast on a ``host:port`` nobody listens on (Ray itself retries for minutes)."""
@@ -45,6 +50,7 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
             ray.init(address=address, **options)
         else:
             ray.init(
+                address="local",  # a new instance even if `ray start` runs one on this host
                 num_cpus=num_cpus or os.cpu_count(),
                 include_dashboard=False,
                 dashboard_host="127.0.0.1",

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import ray
 
-from nas.errors import ClusterError, InfeasibleError
+from nas.cluster import WORKER_RETRIES
+from nas.errors import ClusterError, InfeasibleError, JobCancelled
 from nas.hardware import measure_layer_table, measure_subnets
 from nas.pareto import non_dominated
 from nas.predictors.latency import LatencyPredictor, latency_scores
@@ -91,17 +92,28 @@ class Controller:
             self.search()
             self.save_fronts()
         except BaseException as error:
-            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-            self.store.update_job(self.job.id, status="failed", error=reason)
+            # a cancelled job keeps its status, however its controller was stopped (Ray ends
+            # a cancelled Ray job's process with SIGTERM, which Ray turns into SystemExit)
+            if self.store.get_job(self.job.id).status != "cancelled":
+                reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+                self.store.update_job(self.job.id, status="failed", error=reason)
             raise
         self.store.update_job(self.job.id, status="done", stage="done", stage_detail="")
 
     def _enter(self, stage: str, detail: str = "") -> None:
+        self._check_cancelled()
         self.store.update_job(self.job.id, stage=stage, stage_detail=detail)
 
     def _progress(self, stage: str, done: int, total: int, detail: str = "") -> None:
+        self._check_cancelled()
         self.store.update_job(self.job.id, stage_detail=detail or f"{done}/{total}")
         self.on_progress(stage, done, total, detail)
+
+    def _check_cancelled(self) -> None:
+        """Stop at the next step once ``nas cancel`` has marked the job (the database is how
+        a canceller on another machine reaches a controller it cannot signal)."""
+        if self.store.get_job(self.job.id).status == "cancelled":
+            raise JobCancelled(f"job {self.job.id} was cancelled")
 
     # ---- before any work --------------------------------------------------------------
     def check_feasible(self) -> None:
@@ -156,7 +168,11 @@ class Controller:
     def _train_run(self, run: TrainingRunRecord, name: str, judge: CurveJudge | None) -> None:
         """Train one run epoch by epoch as a Ray actor; the rule may stop it after any epoch."""
         training = self.spec.training
-        actor_class = ray.remote(num_cpus=training.cpus)(SupernetTrainer)
+        # a trainer whose process dies is restarted from its checkpoint and the pending epoch
+        # asked again (``run_epoch`` is idempotent); only repeated deaths fail the job
+        actor_class = ray.remote(
+            num_cpus=training.cpus, max_restarts=WORKER_RETRIES, max_task_retries=WORKER_RETRIES
+        )(SupernetTrainer)
         trainer = actor_class.remote(
             self.space_data,
             self.spec.dataset_kwargs(),
@@ -165,10 +181,11 @@ class Controller:
             training.cpus,
         )
         try:
-            done = self._get(trainer.epochs_done.remote())
             checkpoint = self._get(trainer.checkpoint_path.remote())
-            for epoch in range(done + 1, training.epochs + 1):
-                values = self._get(trainer.run_epoch.remote())
+            # from the database's count, not the checkpoint's: an epoch checkpointed by a
+            # controller that died before storing it comes back from the checkpoint
+            for epoch in range(run.epochs_done + 1, training.epochs + 1):
+                values = self._get(trainer.run_epoch.remote(epoch))
                 self.store.add_curve_points(run.id, epoch, values)
                 self.store.update_training_run(
                     run.id, epochs_done=epoch, checkpoint_path=checkpoint
@@ -412,7 +429,7 @@ class Controller:
         ids, configs = list(chunk), list(chunk.values())
         evaluators = self.spec.search.evaluators
         parts = [configs[i::evaluators] for i in range(evaluators)]
-        task = ray.remote(num_cpus=1)(evaluate_configs)
+        task = ray.remote(num_cpus=1, max_retries=WORKER_RETRIES)(evaluate_configs)
         futures = [
             task.remote(self.space_data, self.spec.dataset_kwargs(), self.checkpoint, part)
             for part in parts

@@ -26,3 +26,7 @@ class ClusterError(NasError):
 
 class InfeasibleError(NasError):
     """No subnet satisfies the job's constraints."""
+
+
+class JobCancelled(NasError):
+    """The job was cancelled (``nas cancel``) while its controller ran."""

@@ -62,23 +62,29 @@ def measurement_options(target: HardwareTargetSpec) -> dict[str, Any]:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+    from nas.cluster import WORKER_RETRIES
+
     needed = dict(target.resources) | ({"GPU": 1.0} if target.device == "cuda" else {})
-    nodes = sorted(
-        (n for n in ray.nodes() if n["Alive"] and _offers(n["Resources"], needed)),
-        key=lambda n: n["NodeID"],
-    )
-    if not nodes:
+    offering = [n for n in ray.nodes() if n["Alive"] and _offers(n["Resources"], needed)]
+    if not offering:
         raise ClusterError(
             f"no alive Ray node offers {needed or 'a CPU'} for hardware target '{target.name}'"
         )
-    node = nodes[0]
-    cpus = node["Resources"].get("CPU", 0.0)
-    if cpus < target.threads:
+    # a node without CPUs of its own (a head kept for drivers, say) measures nothing
+    nodes = sorted(
+        (n for n in offering if n["Resources"].get("CPU", 0.0) >= target.threads),
+        key=lambda n: n["NodeID"],
+    )
+    if not nodes:
+        most = max(n["Resources"].get("CPU", 0.0) for n in offering)
         raise ClusterError(
-            f"hardware target '{target.name}' asks for threads={target.threads}, but node "
-            f"{node['NodeID'][:12]} has {cpus:g} CPUs"
+            f"hardware target '{target.name}' asks for threads={target.threads}, but the nodes "
+            f"that offer its resources have at most {most:g} CPUs"
         )
+    node = nodes[0]
+    cpus = node["Resources"]["CPU"]
     return {
+        "max_retries": WORKER_RETRIES,
         "num_cpus": cpus,
         "num_gpus": node["Resources"].get("GPU", 0.0) if target.device == "cuda" else 0,
         "resources": dict(target.resources),

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 import torch
 from psycopg import sql
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL, make_url
 
 from nas.store import Store
@@ -68,6 +68,8 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     engine = create_engine(url)
     try:
         Base.metadata.drop_all(engine)
+        with engine.begin() as connection:
+            connection.execute(text("DROP TABLE IF EXISTS alembic_version"))
     finally:
         engine.dispose()
     return url

@@ -143,3 +143,44 @@ def test_front_of_unfinished_job(workdir: tuple[Path, Path, str]) -> None:
 
 def test_missing_spec_file(tmp_path: Path) -> None:
     assert_user_error(nas("run", "absent.yaml", cwd=tmp_path), "cannot read spec absent.yaml")
+
+
+@pytest.mark.parametrize(
+    ("address", "expected"),
+    [
+        ("http://127.0.0.1:1", "cannot reach Ray cluster at 127.0.0.1:1"),
+        ("127.0.0.1:6380", "is not a Ray Jobs API address"),
+    ],
+    ids=["unreachable", "not-the-jobs-api"],
+)
+def test_submit_to_a_bad_cluster_address(
+    workdir: tuple[Path, Path, str], address: str, expected: str
+) -> None:
+    directory, db, _ = workdir
+    before = dump(db)
+    spec = write_spec(directory, spec_with())
+    result = nas("submit", spec, "--db", str(db), "--address", address, cwd=directory)
+    assert_user_error(result, expected)
+    assert dump(db) == before  # no job row for a job that never reached a cluster
+
+
+@pytest.mark.parametrize("command", [["logs"], ["cancel"]])
+def test_cluster_commands_on_unknown_job(workdir: tuple[Path, Path, str], command: list) -> None:
+    directory, db, _ = workdir
+    assert_user_error(nas(*command, "feedbeef", "--db", str(db), cwd=directory), "unknown job")
+
+
+def test_logs_of_a_job_that_was_not_submitted(workdir: tuple[Path, Path, str]) -> None:
+    directory, db, job = workdir
+    result = nas("logs", job, "--db", str(db), cwd=directory)
+    assert_user_error(result, f"job {job} was not submitted to a cluster")
+
+
+def test_cancel_marks_a_local_job_and_refuses_twice(workdir: tuple[Path, Path, str]) -> None:
+    directory, db, job = workdir
+    assert nas("cancel", job, "--db", str(db), cwd=directory).returncode == 0
+    with Store(f"sqlite:///{db}") as store:
+        assert store.get_job(job).status == "cancelled"
+    assert_user_error(
+        nas("cancel", job, "--db", str(db), cwd=directory), f"job {job} is already cancelled"
+    )

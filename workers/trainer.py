@@ -61,12 +61,22 @@ class SupernetTrainer:
         )
         self.rng = np.random.default_rng(self.training["seed"])
         self.epoch = 0
+        self.curve: list[dict[str, float]] = []  # each finished epoch's values, in order
         self.checkpoint = Path(checkpoint_dir) / CHECKPOINT_NAME
         if self.checkpoint.exists():
             self._restore()
 
-    def run_epoch(self) -> dict[str, float]:
-        """Train one epoch, save a checkpoint, return the epoch's curve values."""
+    def run_epoch(self, epoch: int) -> dict[str, float]:
+        """Train epoch ``epoch`` (counted from 1), save a checkpoint, return its curve values.
+
+        An epoch the checkpoint already holds is not trained again: its stored values come
+        back. So a call retried after the worker died (Ray restarts the actor, which restores
+        the checkpoint) neither repeats an epoch nor loses one that finished unreported.
+        """
+        if epoch <= self.epoch:
+            return self.curve[epoch - 1]
+        if epoch != self.epoch + 1:
+            raise ValueError(f"cannot train epoch {epoch}: the checkpoint holds {self.epoch}")
         x = torch.from_numpy(self.splits.x_train)
         y = torch.from_numpy(self.splits.y_train)
         order = torch.from_numpy(self.rng.permutation(len(y)))
@@ -81,12 +91,15 @@ class SupernetTrainer:
             losses.append(self._sandwich_step(x[rows], y[rows], largest, smallest))
         self.scheduler.step()
         self.epoch += 1
+        self.curve.append(
+            {
+                "train_loss": float(np.mean(losses)),
+                "val_acc/largest": self.validate(largest),
+                "val_acc/smallest": self.validate(smallest),
+            }
+        )
         self._save()
-        return {
-            "train_loss": float(np.mean(losses)),
-            "val_acc/largest": self.validate(largest),
-            "val_acc/smallest": self.validate(smallest),
-        }
+        return self.curve[-1]
 
     def _sandwich_step(self, x, y, largest, smallest) -> float:
         self.optimizer.zero_grad(set_to_none=True)
@@ -113,9 +126,6 @@ class SupernetTrainer:
         net = recalibrate_batchnorm(self.supernet.extract(config), self.splits.x_train)
         return accuracy(net, self.splits.x_val, self.splits.y_val)
 
-    def epochs_done(self) -> int:
-        return self.epoch
-
     def checkpoint_path(self) -> str:
         return str(self.checkpoint)
 
@@ -127,6 +137,7 @@ class SupernetTrainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "epoch": self.epoch,
+            "curve": self.curve,
             "rng": self.rng.bit_generator.state,
         }
         tmp = self.checkpoint.with_suffix(".tmp")
@@ -139,4 +150,5 @@ class SupernetTrainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch = state["epoch"]
+        self.curve = state["curve"]
         self.rng.bit_generator.state = state["rng"]

@@ -18,7 +18,7 @@ from nas.store.records import (
     metric_key,
     split_metric_key,
 )
-from nas.store.store import Store, resolve_url
+from nas.store.store import Store, resolve_url, upgrade_schema
 
 __all__ = [
     "CurvePoint",
@@ -35,4 +35,5 @@ __all__ = [
     "metric_key",
     "resolve_url",
     "split_metric_key",
+    "upgrade_schema",
 ]

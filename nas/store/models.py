@@ -72,6 +72,9 @@ class JobRow(Base):
     stage: Mapped[str | None] = mapped_column(String(16))
     stage_detail: Mapped[str | None] = mapped_column(String(255))
     error: Mapped[str | None] = mapped_column(Text)
+    # where a submitted job's controller runs: the Ray Jobs API address and submission id
+    cluster_address: Mapped[str | None] = mapped_column(String(255))
+    submission_id: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-JOB_STATUSES = ("pending", "running", "done", "failed")
+JOB_STATUSES = ("pending", "running", "done", "failed", "cancelled")
 JOB_STAGES = ("train", "profile", "search", "front", "done")
 RUN_STATUSES = ("running", "done", "stopped", "failed")
 SUBNET_SOURCES = ("profile", "search")
@@ -49,6 +49,8 @@ class JobRecord:
     error: str | None
     created_at: datetime
     updated_at: datetime
+    cluster_address: str | None = None
+    submission_id: str | None = None
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from nas.errors import NotFoundError, StoreError
+from nas.store import schema
 from nas.store.models import (
-    Base,
     CurvePointRow,
     FrontMemberRow,
     FrontRow,
@@ -85,25 +85,22 @@ def resolve_url(db: str | None = None) -> str:
 class Store:
     """The service's database: SQLite by default, PostgreSQL (or any SQLAlchemy URL) by URL.
 
-    Construction creates missing tables and connects once, so a wrong or unreachable database
-    fails here, before any work starts. Returned records are frozen copies; holding them keeps
-    no session or connection open.
+    Construction connects once and checks the schema (an empty database gets its tables, one
+    at an older schema revision asks for ``nas db upgrade``), so a wrong, unreachable or
+    outdated database fails here, before any work starts. Returned records are frozen copies;
+    holding them keeps no session or connection open.
     """
 
     def __init__(self, url: str) -> None:
         self.url = url
         self._shown_url = _hide_password(url)
-        _check_sqlite_directory(url)
-        try:
-            self._engine = _create_engine(url)
-        except (SQLAlchemyError, ImportError) as err:
-            raise StoreError(f"cannot use database URL {self._shown_url}: {_reason(err)}") from err
+        self._engine = _open_engine(url)
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)
         try:
             with self._errors("reach database"), self._engine.connect():
                 pass
-            with self._errors("create tables in database"):
-                Base.metadata.create_all(self._engine)
+            with self._errors("prepare the schema of database"):
+                schema.prepare(self._engine, self._shown_url)
         except StoreError:
             self._engine.dispose()
             raise
@@ -156,13 +153,23 @@ class Store:
         stage: str | None = None,
         stage_detail: str | None = None,
         error: str | None = None,
+        cluster_address: str | None = None,
+        submission_id: str | None = None,
     ) -> None:
         """Change only the fields given (``None`` leaves a field as it is); bump ``updated_at``."""
         _check_choice("status", status, JOB_STATUSES)
         _check_choice("stage", stage, JOB_STAGES)
         with self._session("update job") as session:
             row = _job(session, job_id)
-            _update(row, status=status, stage=stage, stage_detail=stage_detail, error=error)
+            _update(
+                row,
+                status=status,
+                stage=stage,
+                stage_detail=stage_detail,
+                error=error,
+                cluster_address=cluster_address,
+                submission_id=submission_id,
+            )
 
     # -- training runs and learning curves ----------------------------------------------------
 
@@ -526,6 +533,28 @@ class Store:
 # -- helpers ----------------------------------------------------------------------------------
 
 
+def upgrade_schema(url: str) -> tuple[str | None, str]:
+    """Migrate the database at ``url`` to this code's schema (``nas db upgrade``); the
+    revisions before and after."""
+    engine = _open_engine(url)
+    try:
+        return schema.upgrade(engine)
+    except SQLAlchemyError as err:
+        shown = _hide_password(url)
+        raise StoreError(f"cannot upgrade the schema of database {shown}: {_reason(err)}") from err
+    finally:
+        engine.dispose()
+
+
+def _open_engine(url: str) -> Engine:
+    """An engine for ``url`` (nothing connects yet), or a one-line error about the URL."""
+    _check_sqlite_directory(url)
+    try:
+        return _create_engine(url)
+    except (SQLAlchemyError, ImportError) as err:
+        raise StoreError(f"cannot use database URL {_hide_password(url)}: {_reason(err)}") from err
+
+
 def _create_engine(url: str) -> Engine:
     parsed = make_url(url)
     backend = parsed.get_backend_name()
@@ -630,6 +659,8 @@ def _job_record(row: JobRow) -> JobRecord:
         error=row.error,
         created_at=row.created_at,
         updated_at=row.updated_at,
+        cluster_address=row.cluster_address,
+        submission_id=row.submission_id,
     )
 
 

@@ -1,0 +1,13 @@
+"""Alembic's entry point: migrations run on the connection that ``nas.store.schema`` hands in."""
+
+from alembic import context
+
+from nas.store.models import Base
+
+context.configure(
+    connection=context.config.attributes["connection"],
+    target_metadata=Base.metadata,
+    render_as_batch=True,  # SQLite changes columns by copying the table; batch mode does that
+)
+with context.begin_transaction():
+    context.run_migrations()
