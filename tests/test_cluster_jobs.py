@@ -33,6 +33,7 @@ from tests.conftest import REPO, tiny_spec
 from tests.test_hardware_routing import free_port
 
 JOB_TIMEOUT_S = 300
+MEASURED = ["accuracy", "test_accuracy", "macs", "params", "latency_ms@cpu"]
 
 
 def cluster_spec(name: str) -> dict:
@@ -256,6 +257,9 @@ def test_a_killed_controller_resumes_when_the_job_is_submitted_again(
     )
     with Store(postgres_url) as store:
         assert store.get_job(job_id).status == "running"  # nobody told the database
+        before = {s.id: s.metrics for s in store.subnets(job_id, require=MEASURED)}
+        [run] = store.training_runs(job_id)
+        curve_before = store.curve(run.id)
 
     def controller_gone() -> bool:
         _, out, _ = nas("status", job_id, "--db", postgres_url, "--json")
@@ -265,6 +269,10 @@ def test_a_killed_controller_resumes_when_the_job_is_submitted_again(
     assert submit(spec, shared["tmp"], cluster, postgres_url) == job_id  # resumed, not new
     wait_done(postgres_url, job_id)
     assert counts(postgres_url, job_id) == shared["reference"]
+    with Store(postgres_url) as store:  # finished work was kept, not redone (latency varies)
+        after = {s.id: s.metrics for s in store.subnets(job_id)}
+        assert store.curve(run.id) == curve_before
+    assert before and all(after[i] == metrics for i, metrics in before.items())
 
 
 def test_a_rejected_token_is_one_clear_line(cluster: dict, postgres_url: str, tmp_path: Path):
