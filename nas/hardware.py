@@ -16,10 +16,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from nas.errors import ClusterError
-from workers.profiler import DEVICES, RUNTIMES, measure_latency, measure_layers
+from workers.profiler import DEVICE_ONLY, DEVICES, RUNTIMES, measure_latency, measure_layers
 
 
 class HardwareTargetSpec(BaseModel):
@@ -48,6 +48,13 @@ class HardwareTargetSpec(BaseModel):
                 f"unknown {info.field_name} '{value}'; supported: {', '.join(allowed)}"
             )
         return value
+
+    @model_validator(mode="after")
+    def runtime_on_its_device(self) -> HardwareTargetSpec:
+        needed = DEVICE_ONLY.get(self.runtime)
+        if needed and self.device != needed:
+            raise ValueError(f"runtime '{self.runtime}' runs on device '{needed}' only")
+        return self
 
     @field_validator("input_shape")
     @classmethod

@@ -12,11 +12,13 @@ import torch
 
 from search_spaces import SearchSpace
 from workers.profiler import (
+    DEVICE_ONLY,
     RUNTIMES,
     cuda_event_samples,
     measure_latency,
     measure_layers,
     onnx_session,
+    runner,
 )
 
 SPACE = {"name": "cnn1d", "kwargs": {"input_length": 40, "num_classes": 10}}
@@ -27,7 +29,11 @@ def target(**changes: object) -> dict:
     return settings | {"warmup": 2, "repeats": 7} | changes
 
 
-@pytest.mark.parametrize("runtime", RUNTIMES)
+#: The runtimes this machine's CPU runs (``cudagraph`` needs a GPU, see the test below).
+CPU_RUNTIMES = [r for r in RUNTIMES if r not in DEVICE_ONLY]
+
+
+@pytest.mark.parametrize("runtime", CPU_RUNTIMES)
 def test_subnet_latency_is_a_median_with_spread(space: SearchSpace, runtime: str) -> None:
     configs = [space.min(), space.max()]
     results = measure_latency(SPACE, configs, target(runtime=runtime), [40])
@@ -39,7 +45,7 @@ def test_subnet_latency_is_a_median_with_spread(space: SearchSpace, runtime: str
         assert r["node_id"] == here  # this process's Ray node, or "" when not connected
 
 
-@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("runtime", CPU_RUNTIMES)
 def test_layer_table_entries(space: SearchSpace, runtime: str) -> None:
     signatures = space.layers(space.max(), (40,))
     table = measure_layers(SPACE, signatures, target(runtime=runtime))
@@ -79,3 +85,13 @@ def test_cuda_events_time_each_run_alone() -> None:
     small = cuda_event_samples(lambda: a @ a, warmup=3, repeats=10)
     large = cuda_event_samples(lambda: [a @ a for _ in range(8)], warmup=3, repeats=10)
     assert np.all(small > 0) and 4 < np.median(large) / np.median(small) < 16
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graph_replay_computes_the_eager_forward(supernet, space: SearchSpace) -> None:
+    net = supernet.extract(space.max()).cuda().eval()
+    x = torch.randn(2, 40, device="cuda")
+    with torch.inference_mode():
+        expected = net(x).clone()
+    replay = runner(net, x, target(device="cuda", runtime="cudagraph"))
+    torch.testing.assert_close(replay(), expected)

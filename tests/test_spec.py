@@ -110,8 +110,10 @@ def test_round_trip_through_json_is_identical() -> None:
         ),
         (
             {"runtime": "tvm"},
-            "hardware_targets.0.runtime: unknown runtime 'tvm'; supported: torch, onnxruntime",
+            "hardware_targets.0.runtime: unknown runtime 'tvm'; supported: torch, onnxruntime, "
+            "cudagraph",
         ),
+        ({"runtime": "cudagraph"}, "runtime 'cudagraph' runs on device 'cuda' only"),
         ({"input_shape": [40, 0]}, "input_shape must hold positive sizes, got [40, 0]"),
         (
             {"input_shape": [1, 40]},

@@ -10,10 +10,13 @@ subnets whose two measurements agree within 10% from about a half to three quart
 and from a fifth to nine tenths (onnxruntime). Weights do not change latency, so a freshly
 built supernet stands in for the trained one.
 
-Runtimes: ``torch`` (eager, under ``inference_mode``) and ``onnxruntime`` (the module exported to
-ONNX in memory, run by an ``InferenceSession`` with ``intra_op_num_threads = threads``). Timing:
+Runtimes: ``torch`` (eager, under ``inference_mode``), ``cudagraph`` (CUDA only: the forward pass
+captured once as a CUDA graph and replayed, which is how a small network is served where the
+CPU's kernel launches would otherwise dominate and vary) and ``onnxruntime`` (the module exported
+to ONNX in memory, run by an ``InferenceSession`` with ``intra_op_num_threads = threads``). Timing:
 on the CPU, and for onnxruntime on either device, a call returns when its outputs are on the
-host, so the wall clock around it is the latency. Torch on CUDA launches kernels and returns
+host, so the wall clock around it is the latency. Torch on CUDA (eager or a graph replay)
+launches kernels and returns
 before they ran: each run is timed with a pair of CUDA events recorded around it on an idle
 device (``torch.cuda.synchronize()`` before each start), read after a final synchronisation.
 
@@ -37,7 +40,9 @@ from torch import nn
 from search_spaces import get_space
 
 DEVICES = ("cpu", "cuda")
-RUNTIMES = ("torch", "onnxruntime")
+RUNTIMES = ("torch", "onnxruntime", "cudagraph")
+#: Runtimes that run on the device the target names only.
+DEVICE_ONLY = {"cudagraph": "cuda"}
 #: Rounds the repeats are split into; untimed runs before each round after the first; modules
 #: held at once (each an extracted network or an onnxruntime session).
 ROUNDS = 5
@@ -136,7 +141,29 @@ def runner(net: nn.Module, x: torch.Tensor, target: Mapping[str, Any]) -> Callab
         feed = {"x": x.numpy()}
         return lambda: session.run(None, feed)
     net, x = net.to(target["device"]), x.to(target["device"])
+    if target["runtime"] == "cudagraph":
+        return cuda_graph(net, x)
     return lambda: net(x)
+
+
+def cuda_graph(net: nn.Module, x: torch.Tensor) -> Callable[[], object]:
+    """``net(x)`` captured as a CUDA graph (after warm-up on a side stream, as capture needs);
+    calling the result replays it and returns the graph's output tensor."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.inference_mode(), torch.cuda.stream(side):
+        for _ in range(3):
+            net(x)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.inference_mode(), torch.cuda.graph(graph):
+        output = net(x)
+
+    def replay() -> torch.Tensor:
+        graph.replay()
+        return output
+
+    return replay
 
 
 def time_modules(
@@ -144,7 +171,7 @@ def time_modules(
 ) -> list[Latency]:
     """Latency of each ``(module, input)`` that ``builders`` make, under ``target``'s device,
     runtime, warm-up and repeats, in interleaved rounds over groups of ``GROUP`` modules."""
-    on_gpu = target["device"] == "cuda" and target["runtime"] == "torch"
+    on_gpu = target["device"] == "cuda" and target["runtime"] != "onnxruntime"
     timer = cuda_event_samples if on_gpu else wall_samples
     warmup, repeats = target["warmup"], target["repeats"]
     counts = [len(share) for share in np.array_split(np.arange(repeats), min(ROUNDS, repeats))]
