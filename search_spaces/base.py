@@ -7,6 +7,7 @@ sent to workers and exported, so it must stay JSON-serialisable.
 from __future__ import annotations
 
 import fnmatch
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -77,6 +78,12 @@ class SearchSpace(ABC):
     @abstractmethod
     def describe(self) -> dict[str, Any]:
         """The constructor arguments that rebuild this space (stored with jobs, sent to workers)."""
+
+    @classmethod
+    def data_kwargs(cls, input_shape: Sequence[int], num_classes: int) -> dict[str, Any]:
+        """Constructor arguments that size this space for a dataset: samples of
+        ``input_shape`` (without the batch) in ``num_classes`` classes."""
+        return {"input_shape": [int(n) for n in input_shape], "num_classes": int(num_classes)}
 
     def check_input_shape(self, input_shape: Sequence[int]) -> None:
         """Raise ``ConfigError`` if this space's networks cannot take samples of this shape
@@ -262,12 +269,23 @@ def registered_spaces() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_space(name: str, **kwargs: Any) -> SearchSpace:
-    """Build the search space registered under ``name``."""
+def space_type(name: str) -> Callable[..., SearchSpace]:
+    """The search space class registered under ``name``."""
     try:
-        factory = _REGISTRY[name]
+        return _REGISTRY[name]
     except KeyError:
         raise ConfigError(
             f"unknown search space '{name}'; registered: {', '.join(registered_spaces())}"
         ) from None
+
+
+def get_space(name: str, **kwargs: Any) -> SearchSpace:
+    """Build the search space registered under ``name``; an option it does not take fails."""
+    factory = space_type(name)
+    options = inspect.signature(factory).parameters
+    unknown = sorted(set(kwargs) - set(options))
+    if unknown:
+        raise ConfigError(
+            f"search space '{name}' has no option '{unknown[0]}'; options: {', '.join(options)}"
+        )
     return factory(**kwargs)

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from search_spaces.base import ConfigError, Dimension, SearchSpace, Supernet, register_space
-from search_spaces.elastic import ElasticBatchNorm1d, ElasticConv1d, ElasticLinear
+from search_spaces.elastic import ElasticBatchNorm, ElasticConv1d, ElasticLinear
 from search_spaces.standalone.cnn1d_net import Block, Cnn1dNet
 
 STEM_WIDTH = 32
@@ -61,6 +61,10 @@ class Cnn1dSpace(SearchSpace):
         if parts[0] in ("width", "depth"):
             return True
         return int(parts[2]) <= config[f"depth.{parts[1]}"]
+
+    @classmethod
+    def data_kwargs(cls, input_shape: Sequence[int], num_classes: int) -> dict[str, Any]:
+        return {"input_length": _length(input_shape), "num_classes": int(num_classes)}
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -216,11 +220,11 @@ class ElasticBlock(nn.Module):
     def __init__(self, max_in: int, max_out: int, max_mid: int, stride: int):
         super().__init__()
         self.expand = ElasticConv1d(max_in, max_mid, 1)
-        self.expand_bn = ElasticBatchNorm1d(max_mid)
+        self.expand_bn = ElasticBatchNorm(max_mid)
         self.depthwise = ElasticConv1d(max_mid, max_mid, max(KERNELS), stride, depthwise=True)
-        self.depthwise_bn = ElasticBatchNorm1d(max_mid)
+        self.depthwise_bn = ElasticBatchNorm(max_mid)
         self.project = ElasticConv1d(max_mid, max_out, 1)
-        self.project_bn = ElasticBatchNorm1d(max_out)
+        self.project_bn = ElasticBatchNorm(max_out)
         self.stride = stride
 
     def forward(self, x: Tensor, mid: int, out: int, kernel: int) -> Tensor:

@@ -7,7 +7,7 @@ from torch import nn
 
 from search_spaces import Supernet
 from search_spaces.cnn1d import Cnn1dSpace
-from search_spaces.elastic import ElasticBatchNorm1d
+from search_spaces.elastic import ElasticBatchNorm
 
 INPUT_LENGTH = 40
 
@@ -25,7 +25,7 @@ def randomised_supernet(space: Cnn1dSpace, seed: int = 0) -> Supernet:
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for module in supernet.modules():
-            if isinstance(module, (ElasticBatchNorm1d, nn.BatchNorm1d)):
+            if isinstance(module, (ElasticBatchNorm, nn.BatchNorm1d)):
                 n = module.running_mean.numel()
                 module.running_mean.copy_(0.5 * torch.randn(n, generator=generator))
                 module.running_var.copy_(0.5 + 1.5 * torch.rand(n, generator=generator))
