@@ -156,7 +156,8 @@ class Controller:
     def _train_run(self, run: TrainingRunRecord, name: str, judge: CurveJudge | None) -> None:
         """Train one run epoch by epoch as a Ray actor; the rule may stop it after any epoch."""
         training = self.spec.training
-        actor_class = ray.remote(num_cpus=training.cpus)(SupernetTrainer)
+        gpus = 1 if training.device == "cuda" else 0
+        actor_class = ray.remote(num_cpus=training.cpus, num_gpus=gpus)(SupernetTrainer)
         trainer = actor_class.remote(
             self.space_data,
             self.spec.dataset_kwargs(),

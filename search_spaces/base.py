@@ -247,6 +247,11 @@ class Supernet(nn.Module, ABC):
         """Exact parameter count of the subnet (the extracted network's parameters)."""
         return sum(p.numel() for p in self.extract(config).parameters())
 
+    def blocks(self) -> list[nn.Module]:
+        """The repeated elastic blocks, each called with a tensor and plain integer sizes: the
+        parts that ``torch.compile(dynamic=True)`` can compile once for every config."""
+        return []
+
 
 _REGISTRY: dict[str, Callable[..., SearchSpace]] = {}
 

@@ -284,6 +284,9 @@ class Cnn1dSupernet(Supernet):
     def macs(self, config: Mapping[str, int]) -> int:
         return arch_macs(self.space.arch(config))
 
+    def blocks(self) -> list[nn.Module]:
+        return [block for stage in self.stages for block in stage]
+
 
 def arch_macs(arch: dict) -> int:
     """Multiply-accumulates of one sample through convolutions and the classifier.

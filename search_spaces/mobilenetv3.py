@@ -273,6 +273,9 @@ class MobileNetV3Supernet(Supernet):
     def macs(self, config: Mapping[str, int]) -> int:
         return arch_macs(self.space.arch(config))
 
+    def blocks(self) -> list[nn.Module]:
+        return [block for stage in self.stages for block in stage]
+
     def params(self, config: Mapping[str, int]) -> int:
         return arch_params(self.space.arch(config))
 

@@ -221,6 +221,9 @@ class TransformerSupernet(Supernet):
     def macs(self, config: Mapping[str, int]) -> int:
         return arch_macs(self.space.arch(config))
 
+    def blocks(self) -> list[nn.Module]:
+        return list(self.layers)
+
     def params(self, config: Mapping[str, int]) -> int:
         return arch_params(self.space.arch(config))
 
