@@ -301,6 +301,16 @@ def parse_spec(data: Any, source: str = "spec") -> JobSpec:
         space = spec.space()  # sized for the data: the options and choices are checked here
     except ConfigError as error:
         raise SpecError(f"{source}: search_space: {error}") from None
+    latency_keys = [
+        k for k in [*spec.objectives, *(c.metric for c in spec.constraints)]
+        if k.partition("@")[0] in TARGET_METRICS
+    ]
+    if latency_keys and spec.search.strategy == "predictive" and not space.describes_layers():
+        raise SpecError(
+            f"{source}: objectives/constraints: '{latency_keys[0]}' needs a latency predictor, "
+            f"and search space '{space.name}' has no layer table for one; use macs or params, "
+            "or search.strategy: nsga2 (which measures every candidate's latency)"
+        )
     for i, target in enumerate(spec.hardware_targets):
         try:
             if target.input_shape is not None:

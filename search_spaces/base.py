@@ -100,6 +100,10 @@ class SearchSpace(ABC):
         """
         raise NotImplementedError(f"search space '{self.name}' does not describe its layers")
 
+    def describes_layers(self) -> bool:
+        """Whether this space gives layer signatures (what a latency lookup table needs)."""
+        return type(self).layers is not SearchSpace.layers
+
     def all_layers(self, input_shape: Sequence[int]) -> list[str]:
         """Every signature that some config's subnet contains, each once, in a fixed order."""
         raise NotImplementedError(f"search space '{self.name}' does not describe its layers")

@@ -169,7 +169,10 @@ def _tensors(source: str) -> tuple[np.ndarray, ...]:
     function = getattr(module, function_name, None)
     if not callable(function):
         raise DatasetError(f"module '{module_name}' has no function '{function_name}'")
-    arrays = function()
+    try:
+        arrays = function()
+    except Exception as error:  # the user's code: report it in one line
+        raise DatasetError(f"{source} failed: {type(error).__name__}: {error}") from error
     if not isinstance(arrays, (tuple, list)) or len(arrays) not in (2, 4):
         raise DatasetError(
             f"{source} must return (x, y) or (x_train, y_train, x_test, y_test), "
