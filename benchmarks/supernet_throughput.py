@@ -95,9 +95,7 @@ def main() -> None:
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     cuda = device.type == "cuda"
     memory_format = torch.channels_last if cuda else torch.contiguous_format
-    autocast = (
-        (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else _no_autocast
-    )
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else _no_autocast
     space = get_space(
         "mobilenetv3",
         input_shape=[3, args.resolution, args.resolution],
@@ -193,10 +191,11 @@ def write(results: dict, args: argparse.Namespace, device: torch.device) -> None
         "device": device.type,
         "device_name": name or platform.machine(),
         "torch": torch.__version__,
-        "settings": {
-            k: v for k, v in vars(args).items() if k not in ("out", "device")
-        } | {"precision": "bf16 autocast" if device.type == "cuda" else "float32",
-             "channels_last": device.type == "cuda"},  # fmt: skip
+        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "device")}
+        | {
+            "precision": "bf16 autocast" if device.type == "cuda" else "float32",
+            "channels_last": device.type == "cuda",
+        },  # fmt: skip
         "results": results,
     }
     args.out.mkdir(parents=True, exist_ok=True)

@@ -302,7 +302,8 @@ def parse_spec(data: Any, source: str = "spec") -> JobSpec:
     except ConfigError as error:
         raise SpecError(f"{source}: search_space: {error}") from None
     latency_keys = [
-        k for k in [*spec.objectives, *(c.metric for c in spec.constraints)]
+        k
+        for k in [*spec.objectives, *(c.metric for c in spec.constraints)]
         if k.partition("@")[0] in TARGET_METRICS
     ]
     if latency_keys and spec.search.strategy == "predictive" and not space.describes_layers():

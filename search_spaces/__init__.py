@@ -3,9 +3,11 @@
 Importing this package registers every built-in space.
 """
 
-from search_spaces import cnn1d  # noqa: F401  (registers "cnn1d")
-from search_spaces import mobilenetv3  # noqa: F401  (registers "mobilenetv3")
-from search_spaces import transformer  # noqa: F401  (registers "transformer")
+from search_spaces import (
+    cnn1d,  # noqa: F401  (registers "cnn1d")
+    mobilenetv3,  # noqa: F401  (registers "mobilenetv3")
+    transformer,  # noqa: F401  (registers "transformer")
+)
 from search_spaces.base import (
     Config,
     ConfigError,

@@ -163,8 +163,7 @@ class MobileNetV3Space(SearchSpace):
 def _channels(input_shape: Sequence[int]) -> int:
     if len(input_shape) != 3:
         raise ConfigError(
-            f"mobilenetv3 takes images of shape (channels, height, width), "
-            f"got {tuple(input_shape)}"
+            f"mobilenetv3 takes images of shape (channels, height, width), got {tuple(input_shape)}"
         )
     return int(input_shape[0])
 

@@ -111,9 +111,8 @@ class TransformerSpace(SearchSpace):
                 f"transformer takes signals (length,) or images (channels, height, width), "
                 f"got {shape}"
             )
-        if self.patch < 1 or any(n % self.patch for n in shape[-2:] if len(shape) == 3) or (
-            len(shape) == 1 and shape[0] % self.patch
-        ):
+        cut = shape if len(shape) == 1 else shape[1:]  # the length, or height and width
+        if self.patch < 1 or any(n % self.patch for n in cut):
             raise ConfigError(
                 f"patch={self.patch} must divide the sample's length or height and width, "
                 f"got input shape {shape}"

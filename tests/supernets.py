@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 import torch
+from hypothesis import Phase, settings
+from hypothesis import strategies as st
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
@@ -17,6 +19,20 @@ from search_spaces import SearchSpace, Supernet
 from search_spaces.elastic import ElasticBatchNorm, ElasticLayerNorm
 
 INPUT_LENGTH = 40
+
+SEEDS = st.integers(min_value=0, max_value=2**32 - 1)
+
+
+def seeded(max_examples: int) -> settings:
+    """Hypothesis settings for tests drawn from a seed: reproducible in CI, no deadline, and a
+    failing seed reported as is (shrinking a seed gains nothing)."""
+    return settings(
+        max_examples=max_examples,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        phases=(Phase.explicit, Phase.generate),
+    )
 
 
 def randomised_supernet(space: SearchSpace, seed: int = 0) -> Supernet:

@@ -11,17 +11,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import Phase, given, settings
-from hypothesis import strategies as st
+from hypothesis import given
 
 from nas.export import write_safetensors
 from search_spaces import Supernet
 from search_spaces.base import SearchSpace
 from tests.supernets import (
     INPUT_LENGTH,
+    SEEDS,
     assert_exports_match,
     randomised_supernet,
     samples,
+    seeded,
     signals,
     small_mobilenetv3,
     small_transformer,
@@ -34,14 +35,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 # a seed does not shrink into anything simpler, and each example takes seconds: no shrinking
-@settings(
-    max_examples=50,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    phases=(Phase.explicit, Phase.generate),
-)
-@given(seed=st.integers(min_value=0, max_value=2**32 - 1))
+@seeded(50)
+@given(seed=SEEDS)
 def test_pt2_and_onnx_match_the_extracted_subnet(
     space: SearchSpace, supernet: Supernet, tmp_path_factory: pytest.TempPathFactory, seed: int
 ) -> None:

@@ -78,7 +78,9 @@ def test_image_folder_errors(tmp_path: Path) -> None:
         load_dataset("image_folder", path=str(tmp_path / "missing"))
     write_folder(tmp_path / "mixed", per_class=3)
     Image.new("RGB", (5, 5)).save(tmp_path / "mixed" / "red" / "odd.png")
-    with pytest.raises(DatasetError, match=r"odd\.png is 5x5, other images are 12x10; set image_size"):
+    with pytest.raises(
+        DatasetError, match=r"odd\.png is 5x5, other images are 12x10; set image_size"
+    ):
         load_dataset("image_folder", path=str(tmp_path / "mixed"))
     (tmp_path / "empty" / "cat").mkdir(parents=True)
     with pytest.raises(DatasetError, match="holds no images"):
@@ -131,14 +133,20 @@ def test_spec_sizes_an_image_space_from_the_data() -> None:
 
 def test_examples_load() -> None:
     root = Path(__file__).resolve().parents[1] / "examples"
-    for name, space in (("digits_mobilenetv3", "mobilenetv3"), ("mnist1d_transformer", "transformer")):
+    for name, space in (
+        ("digits_mobilenetv3", "mobilenetv3"),
+        ("mnist1d_transformer", "transformer"),
+    ):
         assert load_spec(root / f"{name}.yaml").space().name == space
 
 
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
-        ({"dataset": {"name": "image_folder"}}, "dataset: Value error, dataset 'image_folder' needs 'path'"),
+        (
+            {"dataset": {"name": "image_folder"}},
+            "dataset: Value error, dataset 'image_folder' needs 'path'",
+        ),
         ({"dataset": {"name": "digits", "source": "a:b"}}, "does not take 'source'"),
         ({"dataset": {"name": "image_folder", "path": "/nonexistent/x"}}, "dataset: image folder"),
         (

@@ -7,8 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hypothesis import Phase, given, settings
-from hypothesis import strategies as st
+from hypothesis import given
 from torch import nn
 
 from search_spaces import ConfigError, Supernet, get_space
@@ -20,22 +19,18 @@ from search_spaces.mobilenetv3 import (
     make_divisible,
 )
 from tests.supernets import (
+    SEEDS,
     assert_exports_match,
     assert_extract_matches,
     randomised_supernet,
     samples,
+    seeded,
     small_mobilenetv3,
 )
 from workers.evaluator import recalibrate_batchnorm
 
 SHAPE = (3, 20, 20)
-PROPERTY = settings(
-    max_examples=12,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    phases=(Phase.explicit, Phase.generate),
-)
+PROPERTY = seeded(12)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +44,7 @@ def supernet(space: MobileNetV3Space) -> Supernet:
 
 
 @PROPERTY
-@given(seed=st.integers(min_value=0, max_value=2**32 - 1))
+@given(seed=SEEDS)
 def test_extracted_subnet_equals_supernet(
     space: MobileNetV3Space, supernet: Supernet, seed: int
 ) -> None:
@@ -78,9 +73,8 @@ def test_batch_norm_statistics_matter(space: MobileNetV3Space, supernet: Superne
         assert not torch.allclose(net(x), supernet(x, config), atol=1e-3)
 
 
-@settings(max_examples=1, deadline=None, derandomize=True, database=None,
-          phases=(Phase.explicit, Phase.generate))  # fmt: skip
-@given(seed=st.integers(min_value=0, max_value=2**32 - 1))
+@seeded(1)
+@given(seed=SEEDS)
 def test_pt2_and_onnx_match_the_extracted_subnet(
     tmp_path_factory: pytest.TempPathFactory, seed: int
 ) -> None:
@@ -161,9 +155,13 @@ def test_bad_configs_and_options_name_the_problem(space: MobileNetV3Space) -> No
         small_mobilenetv3(width_mult=0)
     with pytest.raises(ConfigError, match=r"resolutions must be positive.*\[0, 8\]"):
         small_mobilenetv3(resolutions=[0, 8])
-    with pytest.raises(ConfigError, match=r"images of shape \(channels, height, width\), got \(40,\)"):
+    with pytest.raises(
+        ConfigError, match=r"images of shape \(channels, height, width\), got \(40,\)"
+    ):
         small_mobilenetv3(input_shape=[40])
-    with pytest.raises(ConfigError, match="'mobilenetv3' has no option 'depth'; options: input_shape"):
+    with pytest.raises(
+        ConfigError, match="'mobilenetv3' has no option 'depth'; options: input_shape"
+    ):
         get_space("mobilenetv3", depth=3)
 
 

@@ -6,28 +6,23 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import Phase, given, settings
-from hypothesis import strategies as st
+from hypothesis import given
 
 from search_spaces import ConfigError, Supernet, get_space
 from search_spaces.transformer import TransformerSpace
 from tests.supernets import (
     INPUT_LENGTH,
+    SEEDS,
     assert_exports_match,
     assert_extract_matches,
     randomised_supernet,
     samples,
+    seeded,
     small_transformer,
 )
 
 SHAPES = {"signal": (INPUT_LENGTH,), "image": (3, 8, 12)}
-PROPERTY = settings(
-    max_examples=15,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    phases=(Phase.explicit, Phase.generate),
-)
+PROPERTY = seeded(15)
 
 
 @pytest.fixture(scope="module", params=sorted(SHAPES))
@@ -46,7 +41,7 @@ def supernet(space: TransformerSpace) -> Supernet:
 
 
 @PROPERTY
-@given(seed=st.integers(min_value=0, max_value=2**32 - 1))
+@given(seed=SEEDS)
 def test_extracted_subnet_equals_supernet(
     space: TransformerSpace, supernet: Supernet, shape: tuple[int, ...], seed: int
 ) -> None:
@@ -63,9 +58,8 @@ def test_edge_configs_match(
     assert_extract_matches(supernet, config, samples(shape, 3, 1))
 
 
-@settings(max_examples=2, deadline=None, derandomize=True, database=None,
-          phases=(Phase.explicit, Phase.generate))  # fmt: skip
-@given(seed=st.integers(min_value=0, max_value=2**32 - 1))
+@seeded(2)
+@given(seed=SEEDS)
 def test_pt2_and_onnx_match_the_extracted_subnet(
     space: TransformerSpace,
     supernet: Supernet,

@@ -165,7 +165,9 @@ def _tensors(source: str) -> tuple[np.ndarray, ...]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
-        raise DatasetError(f"cannot import module '{module_name}' of source {source!r}: {error}")
+        raise DatasetError(
+            f"cannot import module '{module_name}' of source {source!r}: {error}"
+        ) from None
     function = getattr(module, function_name, None)
     if not callable(function):
         raise DatasetError(f"module '{module_name}' has no function '{function_name}'")
