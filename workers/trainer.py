@@ -112,6 +112,7 @@ class SupernetTrainer:
             self.optimizer, T_max=self.training["epochs"]
         )
         self.rng = np.random.default_rng(self.training["seed"])
+        self._data: tuple[torch.Tensor, torch.Tensor] | None = None
         self.epoch = 0
         self.checkpoint = Path(checkpoint_dir) / CHECKPOINT_NAME
         if self.checkpoint.exists():
@@ -150,7 +151,7 @@ class SupernetTrainer:
 
     def _training_data(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The training split as tensors on the training device (moved there once)."""
-        if getattr(self, "_data", None) is None:
+        if self._data is None:
             x = torch.from_numpy(self.splits.x_train).to(self.device)
             self._data = (x, torch.from_numpy(self.splits.y_train).to(self.device))
         return self._data
