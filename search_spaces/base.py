@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -39,6 +40,11 @@ class Dimension:
                 f"value {value!r} is not a choice of dimension '{self.name}'; "
                 f"allowed: {list(self.choices)}"
             ) from None
+
+
+def layer_signature(layer: Mapping[str, Any]) -> str:
+    """A layer's plain description as its signature: canonical JSON (sorted keys, no spaces)."""
+    return json.dumps(layer, sort_keys=True, separators=(",", ":"))
 
 
 class SearchSpace(ABC):

@@ -21,7 +21,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from search_spaces.base import ConfigError, Dimension, SearchSpace, Supernet, register_space
+from search_spaces.base import (
+    ConfigError,
+    Dimension,
+    SearchSpace,
+    Supernet,
+    layer_signature,
+    register_space,
+)
 from search_spaces.elastic import ElasticBatchNorm, ElasticConv1d, ElasticLinear
 from search_spaces.standalone.cnn1d_net import Block, Cnn1dNet
 
@@ -104,7 +111,7 @@ class Cnn1dSpace(SearchSpace):
     # ---- layers, for latency lookup tables ----------------------------------------------
     def layers(self, config: Mapping[str, int], input_shape: Sequence[int]) -> list[str]:
         arch = self.arch(config)
-        return [_signature(layer) for layer in arch_layers(arch, _length(input_shape))]
+        return [layer_signature(layer) for layer in arch_layers(arch, _length(input_shape))]
 
     def all_layers(self, input_shape: Sequence[int]) -> list[str]:
         """Stem, every block a stage position can hold (input width, width, kernel,
@@ -130,7 +137,7 @@ class Cnn1dSpace(SearchSpace):
             length, inputs = _strided(length), widths
         for channels in inputs:
             found.append(_head_layer(channels, self.num_classes, length))
-        return list(dict.fromkeys(_signature(layer) for layer in found))
+        return list(dict.fromkeys(layer_signature(layer) for layer in found))
 
     def build_layer(self, signature: str) -> tuple[nn.Module, tuple[int, ...]]:
         layer = json.loads(signature)
@@ -153,10 +160,6 @@ def _length(input_shape: Sequence[int]) -> int:
 
 def _strided(length: int) -> int:
     return (length - 1) // STAGE_STRIDE + 1
-
-
-def _signature(layer: dict[str, Any]) -> str:
-    return json.dumps(layer, sort_keys=True, separators=(",", ":"))
 
 
 def _block_layer(

@@ -23,14 +23,22 @@ narrows them).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import json
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from search_spaces.base import ConfigError, Dimension, SearchSpace, Supernet, register_space
+from search_spaces.base import (
+    ConfigError,
+    Dimension,
+    SearchSpace,
+    Supernet,
+    layer_signature,
+    register_space,
+)
 from search_spaces.elastic import ElasticBatchNorm, ElasticConv2d
 from search_spaces.standalone.mobilenetv3_net import (
     ACTIVATIONS,
@@ -125,7 +133,54 @@ class MobileNetV3Space(SearchSpace):
         }
 
     def check_input_shape(self, input_shape: Sequence[int]) -> None:
+        if _channels(input_shape) != self.input_shape[0]:
+            raise ConfigError(
+                f"this mobilenetv3 space takes images of {self.input_shape[0]} channels, "
+                f"got shape {tuple(input_shape)}"
+            )
+
+    # ---- layers, for latency lookup tables ----------------------------------------------
+    def layers(self, config: Mapping[str, int], input_shape: Sequence[int]) -> list[str]:
+        self.check_input_shape(input_shape)
+        return [layer_signature(x) for x in arch_layers(self.arch(config), input_shape)]
+
+    def all_layers(self, input_shape: Sequence[int]) -> list[str]:
+        """Per resolution: the stem, every block a stage position can hold (kernel, expansion;
+        the widths, stride and size follow from the position) and the head."""
         _channels(input_shape)
+        choices = {d.name: d.choices for d in self.dimensions}
+        found = []
+        for resolution in choices["resolution"]:
+            largest = self.max() | {"resolution": resolution}
+            layers = list(arch_layers(self.arch(largest), input_shape))
+            found.append(layers[0])
+            position = 1
+            for s, stage in enumerate(self.arch(largest)["stages"], start=1):
+                for b in range(1, len(stage["blocks"]) + 1):
+                    block = layers[position]
+                    for kernel in choices[f"kernel.{s}.{b}"]:
+                        for expand in choices[f"expand.{s}.{b}"]:
+                            mid = make_divisible(round(block["in"] * expand))
+                            se = se_width(mid) if block["se"] else 0
+                            found.append(block | {"kernel": kernel, "mid": mid, "se": se})
+                    position += 1
+            found.append(layers[-1])
+        return list(dict.fromkeys(layer_signature(layer) for layer in found))
+
+    def build_layer(self, signature: str) -> tuple[nn.Module, tuple[int, ...]]:
+        layer = json.loads(signature)
+        op = layer.get("op")
+        if op == "stem":
+            return _Stem(layer), tuple(layer["input_shape"])
+        if op == "block":
+            block = Block(
+                layer["in"], layer["mid"], layer["out"], layer["kernel"], layer["stride"],
+                layer["act"], layer["se"],
+            )  # fmt: skip
+            return block, (layer["in"], layer["size"], layer["size"])
+        if op == "head":
+            return _Head(layer), (layer["in"], layer["size"], layer["size"])
+        raise ConfigError(f"unknown layer kind {op!r} in {signature}; known: stem, block, head")
 
     def build_supernet(
         self, input_mean: float = 0.0, input_std: float = 1.0
@@ -166,6 +221,74 @@ def _channels(input_shape: Sequence[int]) -> int:
             f"mobilenetv3 takes images of shape (channels, height, width), got {tuple(input_shape)}"
         )
     return int(input_shape[0])
+
+
+def arch_layers(arch: Mapping[str, Any], input_shape: Sequence[int]) -> Iterator[dict[str, Any]]:
+    """The static network's layers in order, each as the plain description that sets its cost:
+    the stem (resize from the sample's size, normalise, stem convolution, first block), each
+    block (with its input size), and the head (final expansion, pooling, feature mix,
+    classifier)."""
+    size = strided(arch["resolution"], 2)
+    yield {
+        "op": "stem", "input_shape": [int(n) for n in input_shape],
+        "resolution": arch["resolution"], "stem": arch["stem"]["out"],
+        "first": arch["first"]["out"],
+    }  # fmt: skip
+    channels = arch["first"]["out"]
+    for stage in arch["stages"]:
+        for i, block in enumerate(stage["blocks"]):
+            stride = stage["stride"] if i == 0 else 1
+            yield {
+                "op": "block", "in": channels, "mid": block["mid"], "out": stage["out"],
+                "kernel": block["kernel"], "stride": stride, "act": stage["act"],
+                "se": block["se"], "size": size,
+            }  # fmt: skip
+            channels, size = stage["out"], strided(size, stride)
+    yield {
+        "op": "head", "in": channels, "final": arch["final_expand"], "mix": arch["feature_mix"],
+        "classes": arch["num_classes"], "size": size,
+    }  # fmt: skip
+
+
+def _layer_arch(**parts: Any) -> dict[str, Any]:
+    """An ``arch`` without stages, small where ``parts`` do not say, for one end of the net."""
+    return {
+        "input_channels": 1, "resolution": 1, "num_classes": 1, "input_mean": 0.0,
+        "input_std": 1.0, "stem": {"out": 8}, "first": {"out": 8}, "stages": [],
+        "final_expand": 8, "feature_mix": 8,
+    } | parts  # fmt: skip
+
+
+class _Stem(nn.Module):
+    """``MobileNetV3Net``'s first steps alone: resize, normalise, stem, first block."""
+
+    def __init__(self, layer: Mapping[str, Any]):
+        super().__init__()
+        self.net = MobileNetV3Net(
+            _layer_arch(
+                input_channels=layer["input_shape"][0], resolution=layer["resolution"],
+                stem={"out": layer["stem"]}, first={"out": layer["first"]},
+            )
+        )  # fmt: skip
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net.begin(x)
+
+
+class _Head(nn.Module):
+    """``MobileNetV3Net``'s last steps alone: final expansion, pooling, feature mix, classifier."""
+
+    def __init__(self, layer: Mapping[str, Any]):
+        super().__init__()
+        self.net = MobileNetV3Net(
+            _layer_arch(
+                first={"out": layer["in"]}, final_expand=layer["final"],
+                feature_mix=layer["mix"], num_classes=layer["classes"],
+            )
+        )  # fmt: skip
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net.end(x)
 
 
 class ElasticSqueezeExcite(nn.Module):

@@ -21,14 +21,22 @@ and ``ffns`` (``choices`` only narrows them).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import json
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from search_spaces.base import ConfigError, Dimension, SearchSpace, Supernet, register_space
+from search_spaces.base import (
+    ConfigError,
+    Dimension,
+    SearchSpace,
+    Supernet,
+    layer_signature,
+    register_space,
+)
 from search_spaces.elastic import ElasticLayerNorm, ElasticLinear
 from search_spaces.standalone.transformer_net import (
     EncoderLayer,
@@ -117,6 +125,50 @@ class TransformerSpace(SearchSpace):
                 f"patch={self.patch} must divide the sample's length or height and width, "
                 f"got input shape {shape}"
             )
+        if list(shape) != self.input_shape:
+            raise ConfigError(  # the learned positions are sized for the space's samples
+                f"this transformer space takes samples of shape {tuple(self.input_shape)}, "
+                f"got {shape}"
+            )
+
+    # ---- layers, for latency lookup tables ----------------------------------------------
+    def layers(self, config: Mapping[str, int], input_shape: Sequence[int]) -> list[str]:
+        self.check_input_shape(input_shape)
+        return [layer_signature(layer) for layer in arch_layers(self.arch(config))]
+
+    def all_layers(self, input_shape: Sequence[int]) -> list[str]:
+        """The embedding and head per embedding width, and an encoder layer per embedding
+        width, head count and feed-forward width (every position has the same shapes)."""
+        self.check_input_shape(input_shape)
+        choices = {d.name: d.choices for d in self.dimensions}
+        found = []
+        for embed in choices["embed"]:
+            largest = self.max() | {"embed": embed}
+            first, *_, last = arch_layers(self.arch(largest))
+            found += [first, last]
+            for layer in range(1, largest["depth"] + 1):
+                for heads in choices[f"heads.{layer}"]:
+                    for ffn in choices[f"ffn.{layer}"]:
+                        found.append(_encoder_layer(self.arch(largest), heads, ffn))
+        return list(dict.fromkeys(layer_signature(layer) for layer in found))
+
+    def build_layer(self, signature: str) -> tuple[nn.Module, tuple[int, ...]]:
+        layer = json.loads(signature)
+        op = layer.get("op")
+        if op == "encoder":
+            module = EncoderLayer(layer["embed"], layer["heads"], layer["head_dim"], layer["ffn"])
+            return module, (layer["tokens"], layer["embed"])
+        if op in ("embed", "head"):
+            net = TransformerNet(
+                {"input_shape": layer["input_shape"], "patch": layer["patch"],
+                 "num_classes": layer.get("classes", 1), "input_mean": 0.0, "input_std": 1.0,
+                 "embed": layer["embed"], "head_dim": 1, "layers": []}
+            )  # fmt: skip
+            tokens = token_count(layer["input_shape"], layer["patch"])[0]
+            if op == "embed":
+                return _End(net, "begin"), tuple(layer["input_shape"])
+            return _End(net, "end"), (tokens, layer["embed"])
+        raise ConfigError(f"unknown layer kind {op!r} in {signature}; known: embed, encoder, head")
 
     def build_supernet(
         self, input_mean: float = 0.0, input_std: float = 1.0
@@ -142,6 +194,39 @@ class TransformerSpace(SearchSpace):
             "head_dim": self.head_dim,
             "layers": layers,
         }
+
+
+def _encoder_layer(arch: Mapping[str, Any], heads: int, ffn: int) -> dict[str, Any]:
+    tokens = token_count(list(arch["input_shape"]), arch["patch"])[0]
+    return {
+        "op": "encoder", "tokens": tokens, "embed": arch["embed"], "heads": heads,
+        "head_dim": arch["head_dim"], "ffn": ffn,
+    }  # fmt: skip
+
+
+def arch_layers(arch: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+    """The static network's layers in order, each as the plain description that sets its cost:
+    the embedding (normalise, patches, linear, positions), each encoder layer, the head."""
+    ends = {
+        "input_shape": list(arch["input_shape"]),
+        "patch": arch["patch"],
+        "embed": arch["embed"],
+    }
+    yield {"op": "embed", **ends}
+    for layer in arch["layers"]:
+        yield _encoder_layer(arch, layer["heads"], layer["ffn"])
+    yield {"op": "head", **ends, "classes": arch["num_classes"]}
+
+
+class _End(nn.Module):
+    """One end of a ``TransformerNet`` alone: its ``begin`` or its ``end``."""
+
+    def __init__(self, net: TransformerNet, part: str):
+        super().__init__()
+        self.net, self.part = net, part
+
+    def forward(self, x: Tensor) -> Tensor:
+        return getattr(self.net, self.part)(x)
 
 
 class ElasticEncoderLayer(nn.Module):

@@ -141,3 +141,25 @@ def small_transformer(shape: tuple[int, ...] = (INPUT_LENGTH,), **options) -> Se
               "depths": [1, 2, 3], "embeds": [16, 24, 32], "heads": [1, 2, 3],
               "ffns": [16, 32, 48]}  # fmt: skip
     return get_space("transformer", **(kwargs | options))
+
+
+def assert_layers_chain(
+    space: SearchSpace, supernet: Supernet, shape: tuple[int, ...], count: int, seed: int
+) -> None:
+    """For the largest, the smallest and random configs: the layer signatures are among
+    ``all_layers``, and the layers built from them, run one after another, take a batch from
+    the input to the logits through the shapes each declares, counting the subnet's MACs."""
+    everything = set(space.all_layers(shape))
+    rng = np.random.default_rng(seed)
+    for config in [space.max(), space.min()] + [space.sample(rng) for _ in range(count)]:
+        signatures = space.layers(config, shape)
+        assert set(signatures) <= everything
+        x, total = torch.zeros(2, *shape), 0
+        for signature in signatures:
+            layer, sample_shape = space.build_layer(signature)
+            assert tuple(x.shape[1:]) == sample_shape
+            total += counted_macs(layer.eval(), x)
+            with torch.no_grad():
+                x = layer(x)
+        assert x.shape == (2, space.num_classes)
+        assert total == supernet.macs(config)

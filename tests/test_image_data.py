@@ -162,8 +162,11 @@ def test_examples_load() -> None:
             "option 'num_classes' is set from the dataset",
         ),
         (
-            {"search_space": {"name": "transformer"}},  # the example's latency constraint
-            "'latency_ms@cpu' needs a latency predictor, and search space 'transformer' has no",
+            {
+                "search_space": {"name": "transformer"},
+                "hardware_targets": [{"name": "cpu", "input_shape": [48]}],
+            },
+            "hardware_targets.0.input_shape: this transformer space takes samples of shape (40,)",
         ),
     ],
 )
@@ -173,3 +176,16 @@ def test_spec_errors_name_the_dataset_or_space(change: dict, expected: str) -> N
     message = str(caught.value)
     assert "\n" not in message
     assert expected.replace("Value error, ", "") in message
+
+
+def test_latency_needs_a_layer_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A space without layer signatures cannot have its latency predicted: the example's
+    latency constraint is refused before any work, unless every candidate is measured."""
+    from search_spaces.transformer import TransformerSpace
+
+    monkeypatch.setattr(TransformerSpace, "describes_layers", lambda self: False)
+    with pytest.raises(SpecError, match="'latency_ms@cpu' needs a latency predictor"):
+        parse_spec(tiny_spec(search_space={"name": "transformer"}), "job.yaml")
+    nsga2 = tiny_spec(search_space={"name": "transformer"})
+    nsga2["search"]["strategy"] = "nsga2"
+    assert parse_spec(nsga2).search_space.name == "transformer"

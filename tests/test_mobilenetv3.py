@@ -22,6 +22,7 @@ from tests.supernets import (
     SEEDS,
     assert_exports_match,
     assert_extract_matches,
+    assert_layers_chain,
     randomised_supernet,
     samples,
     seeded,
@@ -114,6 +115,18 @@ def test_batch_norm_is_recalibrated_at_the_subnets_resolution(
         torch.testing.assert_close(net.stem_bn.running_mean, expected, rtol=0, atol=1e-5)
         means[resolution] = net.stem_bn.running_mean
     assert not torch.allclose(means[16], means[32], atol=1e-4)
+
+
+def test_layers_chain_into_the_subnet(space: MobileNetV3Space, supernet: Supernet) -> None:
+    assert_layers_chain(space, supernet, SHAPE, count=8, seed=5)
+    full = space.all_layers(SHAPE)
+    narrow = small_mobilenetv3(choices={"kernel.*": [3], "resolution": [16]}).all_layers(SHAPE)
+    assert len(set(full)) == len(full) and set(narrow) < set(full)
+    assert all('"kernel":3' in s for s in narrow if '"op":"block"' in s)
+    with pytest.raises(ConfigError, match="unknown layer kind 'pool'"):
+        space.build_layer('{"op": "pool"}')
+    with pytest.raises(ConfigError, match=r"takes images of 3 channels, got shape \(1, 20, 20\)"):
+        space.layers(space.max(), (1, 20, 20))
 
 
 # -- the space's contract ----------------------------------------------------------------------

@@ -15,6 +15,7 @@ from tests.supernets import (
     SEEDS,
     assert_exports_match,
     assert_extract_matches,
+    assert_layers_chain,
     randomised_supernet,
     samples,
     seeded,
@@ -79,6 +80,17 @@ def test_width_follows_the_config(space: TransformerSpace, supernet: Supernet) -
     assert len(net.layers) == 2 and net.norm.normalized_shape == (24,)
     assert layer.query.weight.shape == (2 * 8, 24) and layer.fc1.weight.shape == (16, 24)
     assert net.position.shape[-1] == 24
+
+
+def test_layers_chain_into_the_subnet(
+    space: TransformerSpace, supernet: Supernet, shape: tuple[int, ...]
+) -> None:
+    assert_layers_chain(space, supernet, shape, count=8, seed=5)
+    assert len(space.all_layers(shape)) == 3 * (2 + 3 * 3)  # embeds x (ends + heads x ffns)
+    with pytest.raises(ConfigError, match="unknown layer kind 'pool'"):
+        space.build_layer('{"op": "pool"}')
+    with pytest.raises(ConfigError, match=r"takes samples of shape .*, got \(44,\)"):
+        space.layers(space.max(), (44,))
 
 
 # -- the space's contract ----------------------------------------------------------------------

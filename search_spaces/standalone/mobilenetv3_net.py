@@ -126,11 +126,18 @@ class MobileNetV3Net(nn.Module):
         self.classifier = nn.Linear(arch["feature_mix"], arch["num_classes"])
 
     def forward(self, x: Tensor) -> Tensor:
-        x = resize((x - self.input_mean) / self.input_std, self.resolution)
-        x = F.hardswish(self.stem_bn(self.stem(x)))
-        x = self.first(x)
+        x = self.begin(x)
         for stage in self.stages:
             x = stage(x)
+        return self.end(x)
+
+    def begin(self, x: Tensor) -> Tensor:
+        """Resize, normalise, stem and first block."""
+        x = resize((x - self.input_mean) / self.input_std, self.resolution)
+        return self.first(F.hardswish(self.stem_bn(self.stem(x))))
+
+    def end(self, x: Tensor) -> Tensor:
+        """Final expansion, pooling, feature mix and classifier."""
         x = F.hardswish(self.final_bn(self.final_expand(x)))
         x = F.hardswish(self.feature_mix(x.mean((2, 3), keepdim=True)))
         return self.classifier(x.flatten(1))

@@ -98,8 +98,15 @@ class TransformerNet(nn.Module):
         self.classifier = nn.Linear(embed, arch["num_classes"])
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.end(self.layers(self.begin(x)))
+
+    def begin(self, x: Tensor) -> Tensor:
+        """Normalise, cut into patches, embed, add positions."""
         x = patchify((x - self.input_mean) / self.input_std, self.patch)
-        x = self.layers(self.embedding(x) + self.position)
+        return self.embedding(x) + self.position
+
+    def end(self, x: Tensor) -> Tensor:
+        """Layer norm, mean of the tokens, classifier."""
         return self.classifier(self.norm(x).mean(dim=1))
 
 
