@@ -171,7 +171,10 @@ class Controller:
         # a trainer whose process dies is restarted from its checkpoint and the pending epoch
         # asked again (``run_epoch`` is idempotent); only repeated deaths fail the job
         actor_class = ray.remote(
-            num_cpus=training.cpus, max_restarts=WORKER_RETRIES, max_task_retries=WORKER_RETRIES
+            num_cpus=training.cpus,
+            num_gpus=1 if training.device == "cuda" else 0,
+            max_restarts=WORKER_RETRIES,
+            max_task_retries=WORKER_RETRIES,
         )(SupernetTrainer)
         trainer = actor_class.remote(
             self.space_data,

@@ -13,8 +13,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from nas.errors import SpecError
 from nas.hardware import HardwareTargetSpec
-from search_spaces import ConfigError, SearchSpace, get_space
-from workers.datasets import dataset_names, generated_dataset_names, load_dataset
+from search_spaces import ConfigError, SearchSpace, get_space, space_type
+from workers.datasets import (
+    DatasetError,
+    check_options,
+    dataset_names,
+    generated_dataset_names,
+    load_dataset,
+)
 
 #: Metrics a subnet is measured on; latency depends on a hardware target (``latency_ms@cpu``).
 METRICS = {"accuracy": "max", "macs": "min", "params": "min", "latency_ms": "min"}
@@ -29,10 +35,33 @@ class SearchSpaceSpec(Strict):
     name: str
     #: Narrow dimensions: ``{pattern: allowed values}``, e.g. ``{"kernel.*": [3, 5]}``.
     choices: dict[str, list[int]] = Field(default_factory=dict)
+    #: The space's own constructor options, e.g. ``{"width_mult": 0.5}`` for ``mobilenetv3``
+    #: (the dataset's sample shape and class count are set from the data, not here).
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("options")
+    @classmethod
+    def not_data_sized(cls, options: dict[str, Any]) -> dict[str, Any]:
+        sized = sorted({"input_shape", "input_length", "num_classes", "choices"} & set(options))
+        if sized:
+            raise ValueError(
+                f"option '{sized[0]}' is set from the dataset (or by 'choices'), not in options"
+            )
+        return options
 
 
 class DatasetSpec(Strict):
+    #: ``mnist1d``, ``digits``, ``image_folder`` (needs ``path``) or ``tensors`` (needs
+    #: ``source``).
     name: str
+    #: ``image_folder``: a directory of class subfolders (or ``train/`` and ``test/`` of them).
+    path: str | None = None
+    #: ``tensors``: ``package.module:function`` returning ``(x, y)`` or
+    #: ``(x_train, y_train, x_test, y_test)``.
+    source: str | None = None
+    #: ``image_folder``: resize every image to this square size; ``digits``: serve the 8x8
+    #: digits as one-channel images of this size instead of flat vectors of 64.
+    image_size: int | None = Field(None, ge=1, le=4096)
     val_fraction: float = Field(0.2, gt=0.0, lt=0.5)
     #: Generated datasets only: validate on this many fresh samples instead of ``val_fraction``
     #: of the training split (ranking subnets needs a large validation set; generating is free).
@@ -45,6 +74,16 @@ class DatasetSpec(Strict):
         if name not in dataset_names():
             raise ValueError(f"unknown dataset '{name}'; available: {', '.join(dataset_names())}")
         return name
+
+    @model_validator(mode="after")
+    def options_fit_the_dataset(self) -> DatasetSpec:
+        try:
+            check_options(
+                self.name, {"path": self.path, "source": self.source, "image_size": self.image_size}
+            )
+        except DatasetError as error:
+            raise ValueError(str(error)) from None
+        return self
 
     @model_validator(mode="after")
     def generated_if_val_samples(self) -> DatasetSpec:
@@ -109,6 +148,11 @@ class TrainingSpec(Strict):
     random_subnets: int = Field(2, ge=0)
     distillation: Literal["inplace", "none"] = "inplace"
     cpus: int = Field(1, ge=1)
+    #: Where the supernet trains; ``cuda`` asks Ray for one GPU and trains with bf16 autocast
+    #: (channels-last for images).
+    device: Literal["cpu", "cuda"] = "cpu"
+    #: Compile each elastic block with ``torch.compile`` (dynamic sizes); off by default.
+    compile: bool = False
     #: Supernet training runs; with more than one, each samples ``tune`` with Optuna's
     #: ``sampler`` and the best finished run's supernet is profiled and searched.
     trials: int = Field(1, ge=1)
@@ -191,17 +235,19 @@ class JobSpec(Strict):
         return self
 
     def space(self) -> SearchSpace:
-        """The search space, narrowed by ``choices``, sized for the dataset's inputs."""
+        """The search space, narrowed by ``choices``, sized for the dataset's samples."""
         splits = load_dataset(**self.dataset_kwargs())
+        name = self.search_space.name
+        sized = space_type(name).data_kwargs(splits.input_shape, splits.num_classes)
         return get_space(
-            self.search_space.name,
-            input_length=splits.input_length,
-            num_classes=splits.num_classes,
-            choices=self.search_space.choices,
+            name, **sized, **self.search_space.options, choices=self.search_space.choices
         )
 
     def dataset_kwargs(self) -> dict[str, Any]:
-        return self.dataset.model_dump()
+        """``load_dataset``'s arguments; options the dataset does not take are left out, so
+        that the cache key of a dataset does not change with the spec's version."""
+        data = self.dataset.model_dump()
+        return {k: v for k, v in data.items() if v is not None or k == "val_samples"}
 
     def target(self, name: str) -> HardwareTargetSpec:
         return next(t for t in self.hardware_targets if t.name == name)
@@ -244,9 +290,28 @@ def parse_spec(data: Any, source: str = "spec") -> JobSpec:
     except ValidationError as error:
         raise SpecError(f"{source}: {_first_error(error)}") from None
     try:
-        space = get_space(spec.search_space.name, choices=spec.search_space.choices)
+        space_type(spec.search_space.name)
     except ConfigError as error:
         raise SpecError(f"{source}: search_space: {error}") from None
+    try:
+        load_dataset(**spec.dataset_kwargs())
+    except DatasetError as error:
+        raise SpecError(f"{source}: dataset: {error}") from None
+    try:
+        space = spec.space()  # sized for the data: the options and choices are checked here
+    except ConfigError as error:
+        raise SpecError(f"{source}: search_space: {error}") from None
+    latency_keys = [
+        k
+        for k in [*spec.objectives, *(c.metric for c in spec.constraints)]
+        if k.partition("@")[0] in TARGET_METRICS
+    ]
+    if latency_keys and spec.search.strategy == "predictive" and not space.describes_layers():
+        raise SpecError(
+            f"{source}: objectives/constraints: '{latency_keys[0]}' needs a latency predictor, "
+            f"and search space '{space.name}' has no layer table for one; use macs or params, "
+            "or search.strategy: nsga2 (which measures every candidate's latency)"
+        )
     for i, target in enumerate(spec.hardware_targets):
         try:
             if target.input_shape is not None:

@@ -92,7 +92,7 @@ def run_settings(training: TrainingSpec, tuned: Mapping[str, Any], seed: int) ->
     """The trainer's plain settings: the spec's, with the tuned values put in their places."""
     optimizer = training.optimizer.model_dump()
     settings = training.model_dump(
-        include={"epochs", "batch_size", "random_subnets", "distillation"}
+        include={"epochs", "batch_size", "random_subnets", "distillation", "device", "compile"}
     )
     for name, value in tuned.items():
         if name in optimizer:

@@ -3,7 +3,11 @@
 Importing this package registers every built-in space.
 """
 
-from search_spaces import cnn1d  # noqa: F401  (registers "cnn1d")
+from search_spaces import (
+    cnn1d,  # noqa: F401  (registers "cnn1d")
+    mobilenetv3,  # noqa: F401  (registers "mobilenetv3")
+    transformer,  # noqa: F401  (registers "transformer")
+)
 from search_spaces.base import (
     Config,
     ConfigError,
@@ -13,6 +17,7 @@ from search_spaces.base import (
     get_space,
     register_space,
     registered_spaces,
+    space_type,
 )
 
 __all__ = [
@@ -24,4 +29,5 @@ __all__ = [
     "get_space",
     "register_space",
     "registered_spaces",
+    "space_type",
 ]

@@ -7,6 +7,8 @@ sent to workers and exported, so it must stay JSON-serialisable.
 from __future__ import annotations
 
 import fnmatch
+import inspect
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -38,6 +40,11 @@ class Dimension:
                 f"value {value!r} is not a choice of dimension '{self.name}'; "
                 f"allowed: {list(self.choices)}"
             ) from None
+
+
+def layer_signature(layer: Mapping[str, Any]) -> str:
+    """A layer's plain description as its signature: canonical JSON (sorted keys, no spaces)."""
+    return json.dumps(layer, sort_keys=True, separators=(",", ":"))
 
 
 class SearchSpace(ABC):
@@ -78,6 +85,12 @@ class SearchSpace(ABC):
     def describe(self) -> dict[str, Any]:
         """The constructor arguments that rebuild this space (stored with jobs, sent to workers)."""
 
+    @classmethod
+    def data_kwargs(cls, input_shape: Sequence[int], num_classes: int) -> dict[str, Any]:
+        """Constructor arguments that size this space for a dataset: samples of
+        ``input_shape`` (without the batch) in ``num_classes`` classes."""
+        return {"input_shape": [int(n) for n in input_shape], "num_classes": int(num_classes)}
+
     def check_input_shape(self, input_shape: Sequence[int]) -> None:
         """Raise ``ConfigError`` if this space's networks cannot take samples of this shape
         (by default any shape passes, and the first forward pass is the check)."""
@@ -92,6 +105,10 @@ class SearchSpace(ABC):
         predictor measure each once and sum them over a subnet.
         """
         raise NotImplementedError(f"search space '{self.name}' does not describe its layers")
+
+    def describes_layers(self) -> bool:
+        """Whether this space gives layer signatures (what a latency lookup table needs)."""
+        return type(self).layers is not SearchSpace.layers
 
     def all_layers(self, input_shape: Sequence[int]) -> list[str]:
         """Every signature that some config's subnet contains, each once, in a fixed order."""
@@ -240,6 +257,11 @@ class Supernet(nn.Module, ABC):
         """Exact parameter count of the subnet (the extracted network's parameters)."""
         return sum(p.numel() for p in self.extract(config).parameters())
 
+    def blocks(self) -> list[nn.Module]:
+        """The repeated elastic blocks, each called with a tensor and plain integer sizes: the
+        parts that ``torch.compile(dynamic=True)`` can compile once for every config."""
+        return []
+
 
 _REGISTRY: dict[str, Callable[..., SearchSpace]] = {}
 
@@ -262,12 +284,23 @@ def registered_spaces() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_space(name: str, **kwargs: Any) -> SearchSpace:
-    """Build the search space registered under ``name``."""
+def space_type(name: str) -> Callable[..., SearchSpace]:
+    """The search space class registered under ``name``."""
     try:
-        factory = _REGISTRY[name]
+        return _REGISTRY[name]
     except KeyError:
         raise ConfigError(
             f"unknown search space '{name}'; registered: {', '.join(registered_spaces())}"
         ) from None
+
+
+def get_space(name: str, **kwargs: Any) -> SearchSpace:
+    """Build the search space registered under ``name``; an option it does not take fails."""
+    factory = space_type(name)
+    options = inspect.signature(factory).parameters
+    unknown = sorted(set(kwargs) - set(options))
+    if unknown:
+        raise ConfigError(
+            f"search space '{name}' has no option '{unknown[0]}'; options: {', '.join(options)}"
+        )
     return factory(**kwargs)

@@ -21,8 +21,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from search_spaces.base import ConfigError, Dimension, SearchSpace, Supernet, register_space
-from search_spaces.elastic import ElasticBatchNorm1d, ElasticConv1d, ElasticLinear
+from search_spaces.base import (
+    ConfigError,
+    Dimension,
+    SearchSpace,
+    Supernet,
+    layer_signature,
+    register_space,
+)
+from search_spaces.elastic import ElasticBatchNorm, ElasticConv1d, ElasticLinear
 from search_spaces.standalone.cnn1d_net import Block, Cnn1dNet
 
 STEM_WIDTH = 32
@@ -62,6 +69,10 @@ class Cnn1dSpace(SearchSpace):
             return True
         return int(parts[2]) <= config[f"depth.{parts[1]}"]
 
+    @classmethod
+    def data_kwargs(cls, input_shape: Sequence[int], num_classes: int) -> dict[str, Any]:
+        return {"input_length": _length(input_shape), "num_classes": int(num_classes)}
+
     def describe(self) -> dict[str, Any]:
         return {
             "input_length": self.input_length,
@@ -100,7 +111,7 @@ class Cnn1dSpace(SearchSpace):
     # ---- layers, for latency lookup tables ----------------------------------------------
     def layers(self, config: Mapping[str, int], input_shape: Sequence[int]) -> list[str]:
         arch = self.arch(config)
-        return [_signature(layer) for layer in arch_layers(arch, _length(input_shape))]
+        return [layer_signature(layer) for layer in arch_layers(arch, _length(input_shape))]
 
     def all_layers(self, input_shape: Sequence[int]) -> list[str]:
         """Stem, every block a stage position can hold (input width, width, kernel,
@@ -126,7 +137,7 @@ class Cnn1dSpace(SearchSpace):
             length, inputs = _strided(length), widths
         for channels in inputs:
             found.append(_head_layer(channels, self.num_classes, length))
-        return list(dict.fromkeys(_signature(layer) for layer in found))
+        return list(dict.fromkeys(layer_signature(layer) for layer in found))
 
     def build_layer(self, signature: str) -> tuple[nn.Module, tuple[int, ...]]:
         layer = json.loads(signature)
@@ -149,10 +160,6 @@ def _length(input_shape: Sequence[int]) -> int:
 
 def _strided(length: int) -> int:
     return (length - 1) // STAGE_STRIDE + 1
-
-
-def _signature(layer: dict[str, Any]) -> str:
-    return json.dumps(layer, sort_keys=True, separators=(",", ":"))
 
 
 def _block_layer(
@@ -216,11 +223,11 @@ class ElasticBlock(nn.Module):
     def __init__(self, max_in: int, max_out: int, max_mid: int, stride: int):
         super().__init__()
         self.expand = ElasticConv1d(max_in, max_mid, 1)
-        self.expand_bn = ElasticBatchNorm1d(max_mid)
+        self.expand_bn = ElasticBatchNorm(max_mid)
         self.depthwise = ElasticConv1d(max_mid, max_mid, max(KERNELS), stride, depthwise=True)
-        self.depthwise_bn = ElasticBatchNorm1d(max_mid)
+        self.depthwise_bn = ElasticBatchNorm(max_mid)
         self.project = ElasticConv1d(max_mid, max_out, 1)
-        self.project_bn = ElasticBatchNorm1d(max_out)
+        self.project_bn = ElasticBatchNorm(max_out)
         self.stride = stride
 
     def forward(self, x: Tensor, mid: int, out: int, kernel: int) -> Tensor:
@@ -279,6 +286,9 @@ class Cnn1dSupernet(Supernet):
 
     def macs(self, config: Mapping[str, int]) -> int:
         return arch_macs(self.space.arch(config))
+
+    def blocks(self) -> list[nn.Module]:
+        return [block for stage in self.stages for block in stage]
 
 
 def arch_macs(arch: dict) -> int:

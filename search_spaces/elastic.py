@@ -12,18 +12,23 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def centre_crop(weight: Tensor, kernel_size: int) -> Tensor:
-    """The middle ``kernel_size`` taps of a conv weight ``(out, in, k_max)``."""
+def centre_crop(weight: Tensor, kernel_size: int, dims: int = 1) -> Tensor:
+    """The middle ``kernel_size`` taps of a conv weight ``(out, in, k_max, ...)`` along each of
+    its last ``dims`` (spatial) axes."""
     start = (weight.shape[-1] - kernel_size) // 2
-    return weight[..., start : start + kernel_size]
+    window = slice(start, start + kernel_size)
+    return weight[(..., *([window] * dims))]
 
 
-class ElasticConv1d(nn.Module):
-    """A 1-D convolution whose input/output channels and (odd) kernel size can shrink.
+class ElasticConv(nn.Module):
+    """A convolution over ``dims`` spatial axes whose input/output channels and (odd, square)
+    kernel size can shrink.
 
     Smaller kernels use the centre taps of the largest one (as in Once-for-All, without the
     kernel transformation matrices). A depthwise layer has as many groups as active channels.
     """
+
+    dims = 1
 
     def __init__(
         self,
@@ -42,13 +47,13 @@ class ElasticConv1d(nn.Module):
         self.stride = stride
         self.depthwise = depthwise
         fan_in = 1 if depthwise else max_in
-        self.weight = nn.Parameter(torch.empty(max_out, fan_in, max_kernel))
+        self.weight = nn.Parameter(torch.empty(max_out, fan_in, *[max_kernel] * self.dims))
         self.bias = nn.Parameter(torch.zeros(max_out)) if bias else None
         nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
 
     def active_weight(self, in_channels: int, out_channels: int, kernel_size: int) -> Tensor:
         fan_in = 1 if self.depthwise else in_channels
-        return centre_crop(self.weight[:out_channels, :fan_in], kernel_size)
+        return centre_crop(self.weight[:out_channels, :fan_in], kernel_size, self.dims)
 
     def forward(self, x: Tensor, out_channels: int, kernel_size: int) -> Tensor:
         in_channels = x.shape[1]
@@ -57,9 +62,10 @@ class ElasticConv1d(nn.Module):
         weight = self.active_weight(in_channels, out_channels, kernel_size)
         bias = None if self.bias is None else self.bias[:out_channels]
         groups = in_channels if self.depthwise else 1
-        return F.conv1d(x, weight, bias, self.stride, kernel_size // 2, groups=groups)
+        conv = F.conv1d if self.dims == 1 else F.conv2d
+        return conv(x, weight, bias, self.stride, kernel_size // 2, groups=groups)
 
-    def copy_to(self, conv: nn.Conv1d) -> None:
+    def copy_to(self, conv: nn.Conv1d | nn.Conv2d) -> None:
         """Copy the slice that ``conv``'s shape selects into it."""
         kernel_size = conv.kernel_size[0]
         with torch.no_grad():
@@ -68,8 +74,20 @@ class ElasticConv1d(nn.Module):
                 conv.bias.copy_(self.bias[: conv.out_channels])
 
 
-class ElasticBatchNorm1d(nn.Module):
-    """Batch norm over the first ``C`` channels of its largest size.
+class ElasticConv1d(ElasticConv):
+    """``ElasticConv`` over sequences ``(batch, channels, length)``."""
+
+    dims = 1
+
+
+class ElasticConv2d(ElasticConv):
+    """``ElasticConv`` over images ``(batch, channels, height, width)``; square kernels."""
+
+    dims = 2
+
+
+class ElasticBatchNorm(nn.Module):
+    """Batch norm over the first ``C`` channels of its largest size (any number of spatial axes).
 
     In training mode the running statistics of the active channels are updated in place; they
     are only a rough guide for subnets, which is why subnets are recalibrated before they are
@@ -98,7 +116,7 @@ class ElasticBatchNorm1d(nn.Module):
             self.eps,
         )
 
-    def copy_to(self, bn: nn.BatchNorm1d) -> None:
+    def copy_to(self, bn: nn.modules.batchnorm._BatchNorm) -> None:
         c = bn.num_features
         with torch.no_grad():
             bn.weight.copy_(self.weight[:c])
@@ -108,18 +126,43 @@ class ElasticBatchNorm1d(nn.Module):
 
 
 class ElasticLinear(nn.Module):
-    """A linear layer whose input features can shrink (the classifier after an elastic width)."""
+    """A linear layer whose input features (taken from the input's last axis) and output
+    features can shrink."""
 
-    def __init__(self, max_in: int, out_features: int):
+    def __init__(self, max_in: int, max_out: int, bias: bool = True):
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(out_features, max_in))
-        self.bias = nn.Parameter(torch.zeros(out_features))
+        self.weight = nn.Parameter(torch.empty(max_out, max_in))
+        self.bias = nn.Parameter(torch.zeros(max_out)) if bias else None
         nn.init.kaiming_uniform_(self.weight, a=5**0.5)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.weight[:, : x.shape[1]], self.bias)
+    def forward(self, x: Tensor, out_features: int | None = None) -> Tensor:
+        out = self.weight.shape[0] if out_features is None else out_features
+        bias = None if self.bias is None else self.bias[:out]
+        return F.linear(x, self.weight[:out, : x.shape[-1]], bias)
 
     def copy_to(self, linear: nn.Linear) -> None:
         with torch.no_grad():
-            linear.weight.copy_(self.weight[:, : linear.in_features])
-            linear.bias.copy_(self.bias)
+            linear.weight.copy_(self.weight[: linear.out_features, : linear.in_features])
+            if self.bias is not None:
+                linear.bias.copy_(self.bias[: linear.out_features])
+
+
+class ElasticLayerNorm(nn.Module):
+    """Layer norm over the first ``C`` features of its largest size: the statistics are those
+    of the active features only, as in a static layer norm of width ``C``."""
+
+    def __init__(self, max_features: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(max_features))
+        self.bias = nn.Parameter(torch.zeros(max_features))
+
+    def forward(self, x: Tensor) -> Tensor:
+        c = x.shape[-1]
+        return F.layer_norm(x, (c,), self.weight[:c], self.bias[:c], self.eps)
+
+    def copy_to(self, norm: nn.LayerNorm) -> None:
+        c = norm.normalized_shape[0]
+        with torch.no_grad():
+            norm.weight.copy_(self.weight[:c])
+            norm.bias.copy_(self.bias[:c])

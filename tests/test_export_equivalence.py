@@ -9,16 +9,24 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import onnxruntime
 import pytest
 import torch
-from hypothesis import Phase, given, settings
-from hypothesis import strategies as st
+from hypothesis import given
 
-from nas.export import write_onnx, write_pt2, write_safetensors
+from nas.export import write_safetensors
 from search_spaces import Supernet
 from search_spaces.base import SearchSpace
-from tests.supernets import INPUT_LENGTH, signals
+from tests.supernets import (
+    INPUT_LENGTH,
+    SEEDS,
+    assert_exports_match,
+    randomised_supernet,
+    samples,
+    seeded,
+    signals,
+    small_mobilenetv3,
+    small_transformer,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,14 +36,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 # a seed does not shrink into anything simpler, and each example takes seconds: no shrinking;
 # 20 configs of exports here, many more in the extraction property test of test_search_space
-@settings(
-    max_examples=20,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    phases=(Phase.explicit, Phase.generate),
-)
-@given(seed=st.integers(min_value=0, max_value=2**32 - 1))
+@seeded(20)
+@given(seed=SEEDS)
 def test_pt2_and_onnx_match_the_extracted_subnet(
     space: SearchSpace, supernet: Supernet, tmp_path_factory: pytest.TempPathFactory, seed: int
 ) -> None:
@@ -43,25 +45,7 @@ def test_pt2_and_onnx_match_the_extracted_subnet(
     net = supernet.extract(config)
     assert not net.training
     directory = tmp_path_factory.mktemp("export")
-    write_pt2(net, torch.zeros(2, INPUT_LENGTH), directory / "model.pt2")
-    write_onnx(net, torch.zeros(2, INPUT_LENGTH), directory / "model.onnx")
-
-    program = torch.export.load(directory / "model.pt2").module()
-    session = onnxruntime.InferenceSession(
-        str(directory / "model.onnx"), providers=["CPUExecutionProvider"]
-    )
-    assert [i.name for i in session.get_inputs()] == ["x"]
-    assert [o.name for o in session.get_outputs()] == ["logits"]
-
-    for batch in (5, 1):  # neither is the traced batch of 2: the batch dimension is dynamic
-        x = signals(batch, seed)
-        with torch.no_grad():
-            expected = net(x)
-            from_pt2 = program(x)
-        (from_onnx,) = session.run(["logits"], {"x": x.numpy()})
-        assert expected.shape == (batch, space.num_classes)
-        torch.testing.assert_close(from_pt2, expected, rtol=0, atol=1e-5)
-        np.testing.assert_allclose(from_onnx, expected.numpy(), rtol=0, atol=1e-5)
+    assert_exports_match(net, (INPUT_LENGTH,), directory, seed)
 
 
 # -- safetensors: the folder runs on its own ----------------------------------------------------
@@ -93,7 +77,7 @@ assert not BLOCKED & {m.partition(".")[0] for m in sys.modules}
 """
 
 RUN_MODEL = """
-from cnn1d_net import load
+from MODULE import load
 model = load(".")
 assert not model.training
 with torch.no_grad():
@@ -102,8 +86,10 @@ np.save("logits.npy", logits.numpy())
 """
 
 
-def run_standalone(directory: Path, body: str) -> subprocess.CompletedProcess:
-    script = STANDALONE.replace("BODY", body)
+def run_standalone(
+    directory: Path, body: str, module: str = "cnn1d_net"
+) -> subprocess.CompletedProcess:
+    script = STANDALONE.replace("BODY", body.replace("MODULE", module))
     return subprocess.run(
         [sys.executable, "-I", "-c", script, str(PROJECT_ROOT)],
         cwd=directory,
@@ -159,3 +145,28 @@ for name in ("nas", "search_spaces.cnn1d", "workers.evaluator"):
         [sys.executable, "-I", "-c", "import search_spaces"], cwd=tmp_path, capture_output=True
     )
     assert found.returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("make_space", "shape", "module"),
+    [
+        (small_mobilenetv3, (3, 20, 20), "mobilenetv3_net"),
+        (small_transformer, (INPUT_LENGTH,), "transformer_net"),
+    ],
+)
+def test_safetensors_folder_of_each_space_runs_without_the_project(
+    make_space, shape: tuple[int, ...], module: str, tmp_path: Path
+) -> None:
+    space = make_space()
+    supernet = randomised_supernet(space, seed=5)
+    config = space.sample(np.random.default_rng(11))
+    net = supernet.extract(config)
+    x = samples(shape, 4, 3)
+    with torch.no_grad():
+        expected = net(x).numpy()
+    write_safetensors(net, tmp_path, {"subnet": {"config": config}})
+    assert (tmp_path / f"{module}.py").is_file()
+    np.save(tmp_path / "x.npy", x.numpy())
+    result = run_standalone(tmp_path, RUN_MODEL, module)
+    assert result.returncode == 0, result.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "logits.npy"), expected, rtol=0, atol=1e-5)

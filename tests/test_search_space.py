@@ -10,24 +10,15 @@ from collections.abc import Mapping
 import numpy as np
 import pytest
 import torch
-from hypothesis import Phase, given, settings
-from hypothesis import strategies as st
+from hypothesis import given
 from torch import nn
 
 from search_spaces import ConfigError, Supernet, get_space, register_space
 from search_spaces.cnn1d import DEPTHS, EXPANDS, KERNELS, STAGE_WIDTHS, Cnn1dSpace
 from search_spaces.elastic import ElasticConv1d
-from tests.supernets import INPUT_LENGTH, randomised_supernet, signals
+from tests.supernets import INPUT_LENGTH, SEEDS, randomised_supernet, seeded, signals
 
-SEEDS = st.integers(min_value=0, max_value=2**32 - 1)
-# reproducible in CI; a failing seed is reported as is (shrinking a seed gains nothing)
-PROPERTY = settings(
-    max_examples=60,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    phases=(Phase.explicit, Phase.generate),
-)
+PROPERTY = seeded(60)
 
 
 # -- helpers ------------------------------------------------------------------------------------

@@ -35,9 +35,10 @@ def recalibrate_batchnorm(
         bn.reset_running_stats()
         bn.momentum = None  # cumulative average over all calibration batches
     net.train()
+    device = _device(net)
     with torch.no_grad():
         for start in range(0, len(rows), BATCH):
-            net(torch.from_numpy(x[rows[start : start + BATCH]]))
+            net(torch.from_numpy(x[rows[start : start + BATCH]]).to(device))
     for bn, momentum in zip(norms, momenta, strict=True):
         bn.momentum = momentum
     return net.eval()
@@ -45,12 +46,16 @@ def recalibrate_batchnorm(
 
 def accuracy(net: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
     """Top-1 accuracy of ``net`` (in eval mode) on ``x``/``y``."""
-    correct = 0
+    correct, device = 0, _device(net)
     with torch.no_grad():
         for start in range(0, len(x), BATCH):
-            logits = net(torch.from_numpy(x[start : start + BATCH]))
-            correct += int((logits.argmax(dim=1).numpy() == y[start : start + BATCH]).sum())
+            logits = net(torch.from_numpy(x[start : start + BATCH]).to(device))
+            correct += int((logits.argmax(dim=1).cpu().numpy() == y[start : start + BATCH]).sum())
     return correct / len(x)
+
+
+def _device(net: nn.Module) -> torch.device:
+    return next(net.parameters()).device
 
 
 def evaluate_config(supernet: Supernet, config: Mapping[str, int], splits: Splits) -> dict:

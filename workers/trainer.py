@@ -4,12 +4,18 @@ Each step trains the largest subnet on the labels, then the smallest and a few r
 on the largest one's (detached) soft predictions, accumulating gradients into one optimizer
 step (Yu et al., "BigNAS"/"Universally slimmable networks"). The controller calls ``run_epoch``
 repeatedly, so that it can store every curve point and decide whether to go on.
+
+On a GPU (``device: cuda``) the training data moves to the device once, steps run under bf16
+autocast, images are channels-last, and nothing in a step waits for the device (the loss is
+summed on the device and read once per epoch); ``compile`` compiles each elastic block with
+dynamic sizes. On the CPU a step is plain float32, as it always was.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from search_spaces import get_space
+from search_spaces import Supernet, get_space
 from workers.datasets import load_dataset
 from workers.evaluator import accuracy, recalibrate_batchnorm
 
@@ -33,11 +39,54 @@ def make_optimizer(params, settings: Mapping[str, Any]) -> torch.optim.Optimizer
     return kinds[settings["name"]](params, **kwargs)
 
 
+def sandwich_step(
+    forward: Callable[..., torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    params,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    configs: list[Mapping[str, int]],
+    distill: bool,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> torch.Tensor:
+    """One sandwich-rule step: ``configs[0]`` (the largest) learns the labels, the others learn
+    its detached soft predictions (or the labels without ``distill``); gradients accumulate
+    into one clipped optimizer step. Returns the first loss, detached, without reading it (no
+    host-device synchronisation)."""
+    optimizer.zero_grad(set_to_none=True)
+    with autocast():
+        logits = forward(x, configs[0])
+        loss = F.cross_entropy(logits, y)
+    loss.backward()
+    teacher = logits.detach().float().softmax(dim=1)
+    for config in configs[1:]:
+        with autocast():
+            student = forward(x, config)
+            student_loss = F.cross_entropy(student, teacher if distill else y)
+        student_loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 5.0)
+    optimizer.step()
+    return loss.detach()
+
+
+def fast_forward(supernet: Supernet, compile: bool) -> Callable[..., torch.Tensor]:
+    """The supernet's forward, with each elastic block compiled (dynamic sizes) if asked.
+
+    Whole-supernet compilation would specialise on every config (depth changes the graph);
+    the blocks take their sizes as plain integers, which ``torch.compile`` treats as symbols.
+    """
+    if compile:
+        for block in supernet.blocks():
+            block.compile(dynamic=True)
+    return supernet
+
+
 class SupernetTrainer:
     """Trains one supernet; state lives in the checkpoint, so a restarted trainer resumes.
 
     ``training`` is the spec's plain training settings: epochs, batch_size, optimizer
-    (name, lr, weight_decay), random_subnets, distillation ("inplace" or "none"), seed.
+    (name, lr, weight_decay), random_subnets, distillation ("inplace" or "none"), seed, and
+    optionally device ("cpu" or "cuda") and compile.
     """
 
     def __init__(
@@ -54,12 +103,16 @@ class SupernetTrainer:
         self.space = get_space(space["name"], **space["kwargs"])
         x = self.splits.x_train
         torch.manual_seed(self.training["seed"])
+        self.device = torch.device(self.training.get("device", "cpu"))
         self.supernet = self.space.build_supernet(float(x.mean()), float(x.std()))
+        self.supernet.to(self.device, memory_format=self.memory_format(x.ndim))
+        self.step_forward = fast_forward(self.supernet, self.training.get("compile", False))
         self.optimizer = make_optimizer(self.supernet.parameters(), self.training["optimizer"])
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             self.optimizer, T_max=self.training["epochs"]
         )
         self.rng = np.random.default_rng(self.training["seed"])
+        self._data: tuple[torch.Tensor, torch.Tensor] | None = None
         self.epoch = 0
         self.curve: list[dict[str, float]] = []  # each finished epoch's values, in order
         self.checkpoint = Path(checkpoint_dir) / CHECKPOINT_NAME
@@ -77,23 +130,25 @@ class SupernetTrainer:
             return self.curve[epoch - 1]
         if epoch != self.epoch + 1:
             raise ValueError(f"cannot train epoch {epoch}: the checkpoint holds {self.epoch}")
-        x = torch.from_numpy(self.splits.x_train)
-        y = torch.from_numpy(self.splits.y_train)
-        order = torch.from_numpy(self.rng.permutation(len(y)))
+        x, y = self._training_data()
+        order = torch.from_numpy(self.rng.permutation(len(y))).to(self.device)
         batch = self.training["batch_size"]
         largest, smallest = self.space.max(), self.space.min()
         self.supernet.train()
-        losses = []
+        loss_sum, steps = torch.zeros((), device=self.device), 0
+        memory_format = self.memory_format(x.ndim)
         for start in range(0, len(order), batch):
             rows = order[start : start + batch]
             if len(rows) < 2:  # batch norm needs two samples
                 continue
-            losses.append(self._sandwich_step(x[rows], y[rows], largest, smallest))
+            inputs = x[rows].contiguous(memory_format=memory_format)
+            loss_sum += self._sandwich_step(inputs, y[rows], largest, smallest)
+            steps += 1
         self.scheduler.step()
         self.epoch += 1
         self.curve.append(
             {
-                "train_loss": float(np.mean(losses)),
+                "train_loss": float(loss_sum) / max(steps, 1),
                 "val_acc/largest": self.validate(largest),
                 "val_acc/smallest": self.validate(smallest),
             }
@@ -101,28 +156,37 @@ class SupernetTrainer:
         self._save()
         return self.curve[-1]
 
-    def _sandwich_step(self, x, y, largest, smallest) -> float:
-        self.optimizer.zero_grad(set_to_none=True)
-        logits = self.supernet(x, largest)
-        loss = F.cross_entropy(logits, y)
-        loss.backward()
-        teacher = logits.detach().softmax(dim=1)
+    def memory_format(self, ndim: int) -> torch.memory_format:
+        """Channels-last for images on a GPU (faster convolutions), else the default."""
+        if ndim == 4 and self.device.type == "cuda":
+            return torch.channels_last
+        return torch.contiguous_format
+
+    def _training_data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training split as tensors on the training device (moved there once)."""
+        if self._data is None:
+            x = torch.from_numpy(self.splits.x_train).to(self.device)
+            self._data = (x, torch.from_numpy(self.splits.y_train).to(self.device))
+        return self._data
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _sandwich_step(self, x, y, largest, smallest) -> torch.Tensor:
+        """One optimizer step; returns the largest subnet's loss as a tensor on the device."""
         others = [smallest] + [
             self.space.sample(self.rng) for _ in range(self.training["random_subnets"])
         ]
-        for config in others:
-            student = self.supernet(x, config)
-            if self.training["distillation"] == "inplace":
-                student_loss = F.cross_entropy(student, teacher)
-            else:
-                student_loss = F.cross_entropy(student, y)
-            student_loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.supernet.parameters(), 5.0)
-        self.optimizer.step()
-        return loss.item()
+        return sandwich_step(
+            self.step_forward, self.optimizer, self.supernet.parameters(), x, y,
+            [largest, *others], self.training["distillation"] == "inplace", self._autocast,
+        )  # fmt: skip
 
     def validate(self, config: Mapping[str, int]) -> float:
-        """Validation accuracy of a subnet after batch-norm recalibration (supernet untouched)."""
+        """Validation accuracy of a subnet after batch-norm recalibration at its own
+        resolution (the extracted network resizes its input; the supernet is untouched)."""
         net = recalibrate_batchnorm(self.supernet.extract(config), self.splits.x_train)
         return accuracy(net, self.splits.x_val, self.splits.y_val)
 
