@@ -178,6 +178,12 @@ def cmd_export(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace, console: Console) -> int:
+    from nas.service.server import serve
+
+    return serve(args)
+
+
 def cmd_curves_replay(args: argparse.Namespace, console: Console) -> int:
     from nas.predictors.replay import load_curves, replay
 
@@ -344,6 +350,24 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", required=True, choices=["pt2", "onnx", "safetensors"])
     export.add_argument("-o", "--output", required=True, help="output directory")
     export.set_defaults(handler=cmd_export)
+
+    serve = sub.add_parser(
+        "serve", parents=[common], help="the HTTP API and web page (see README: nas serve)"
+    )
+    serve.add_argument("--address", help="Ray cluster for submitted jobs (default: local)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--token-file", help="file holding the API token (else $NAS_API_TOKEN)")
+    serve.add_argument(
+        "--allow-module",
+        action="append",
+        metavar="MODULE",
+        help="module (or package) a submitted spec may import code from; repeatable",
+    )
+    serve.add_argument(
+        "--artifacts", help="artifact directory (default: $NAS_ARTIFACTS or beside the db)"
+    )
+    serve.set_defaults(handler=cmd_serve)
 
     curves = sub.add_parser("curves", help="learning curves and early stopping")
     curves_sub = curves.add_subparsers(dest="curves_command", required=True)

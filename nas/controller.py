@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import ray
 
-from nas.errors import ClusterError, InfeasibleError
+from nas.errors import ClusterError, InfeasibleError, JobCancelled
 from nas.hardware import measure_layer_table, measure_subnets
 from nas.pareto import non_dominated
 from nas.predictors.latency import LatencyPredictor, latency_scores
@@ -90,6 +90,8 @@ class Controller:
             self.profile()
             self.search()
             self.save_fronts()
+        except JobCancelled:
+            raise  # the job keeps its ``cancelled`` status
         except BaseException as error:
             reason = str(error).splitlines()[0] if str(error) else type(error).__name__
             self.store.update_job(self.job.id, status="failed", error=reason)
@@ -97,11 +99,18 @@ class Controller:
         self.store.update_job(self.job.id, status="done", stage="done", stage_detail="")
 
     def _enter(self, stage: str, detail: str = "") -> None:
+        self._check_cancelled()
         self.store.update_job(self.job.id, stage=stage, stage_detail=detail)
 
     def _progress(self, stage: str, done: int, total: int, detail: str = "") -> None:
         self.store.update_job(self.job.id, stage_detail=detail or f"{done}/{total}")
         self.on_progress(stage, done, total, detail)
+        self._check_cancelled()
+
+    def _check_cancelled(self) -> None:
+        """Stop between steps once someone (``POST /api/jobs/ID/cancel``) cancelled the job."""
+        if self.store.get_job(self.job.id).status == "cancelled":
+            raise JobCancelled(f"job {self.job.id!r} was cancelled")
 
     # ---- before any work --------------------------------------------------------------
     def check_feasible(self) -> None:

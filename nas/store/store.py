@@ -16,12 +16,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, Select, and_, create_engine, event, func, or_, select
+from sqlalchemy import Engine, Select, and_, create_engine, event, func, or_, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from nas.errors import NotFoundError, StoreError
+from nas.errors import ConflictError, NotFoundError, StoreError
 from nas.store.models import (
     Base,
     CurvePointRow,
@@ -39,6 +39,7 @@ from nas.store.models import (
     utcnow,
 )
 from nas.store.records import (
+    ACTIVE_JOB_STATUSES,
     JOB_STAGES,
     JOB_STATUSES,
     RUN_STATUSES,
@@ -48,6 +49,7 @@ from nas.store.records import (
     JobRecord,
     LatencyPredictorRecord,
     Measurement,
+    PredictionPair,
     SearchIterationRecord,
     StopDecisionRecord,
     SubnetRecord,
@@ -104,6 +106,10 @@ class Store:
                 pass
             with self._errors("create tables in database"):
                 Base.metadata.create_all(self._engine)
+                # create_all skips tables that exist: indexes added since they were made
+                for table in Base.metadata.sorted_tables:
+                    for index in table.indexes:
+                        index.create(self._engine, checkfirst=True)
         except StoreError:
             self._engine.dispose()
             raise
@@ -163,6 +169,25 @@ class Store:
         with self._session("update job") as session:
             row = _job(session, job_id)
             _update(row, status=status, stage=stage, stage_detail=stage_detail, error=error)
+
+    def cancel_job(self, job_id: str) -> JobRecord:
+        """Mark a pending or running job ``cancelled``; its controller stops at its next step.
+
+        One conditional UPDATE, so a job that finishes meanwhile is never marked cancelled.
+        """
+        with self._session("cancel job") as session:
+            row = _job(session, job_id)
+            changed = session.execute(
+                update(JobRow)
+                .where(JobRow.id == job_id, JobRow.status.in_(ACTIVE_JOB_STATUSES))
+                .values(status="cancelled", updated_at=utcnow())
+                .execution_options(synchronize_session=False)
+            ).rowcount
+            session.refresh(row)
+            if not changed:
+                raise ConflictError(f"job {job_id!r} is {row.status}; only a pending or running "
+                                    "job can be cancelled")
+            return _job_record(row)
 
     # -- training runs and learning curves ----------------------------------------------------
 
@@ -231,6 +256,22 @@ class Store:
                 .order_by(CurvePointRow.epoch, CurvePointRow.name)
             )
             return [CurvePoint(row.epoch, row.name, row.value) for row in session.scalars(query)]
+
+    def curves(self, job_id: str) -> dict[int, list[CurvePoint]]:
+        """Every training run's curve points (by epoch, then name) in one indexed query."""
+        with self._session("read curves") as session:
+            _job(session, job_id)
+            query = (
+                select(CurvePointRow.run_id, CurvePointRow.epoch, CurvePointRow.name,
+                       CurvePointRow.value)
+                .join(TrainingRunRow, TrainingRunRow.id == CurvePointRow.run_id)
+                .where(TrainingRunRow.job_id == job_id)
+                .order_by(CurvePointRow.run_id, CurvePointRow.epoch, CurvePointRow.name)
+            )
+            curves: dict[int, list[CurvePoint]] = {}
+            for run_id, epoch, name, value in session.execute(query):
+                curves.setdefault(run_id, []).append(CurvePoint(epoch, name, value))
+            return curves
 
     def add_stop_decision(self, decision: StopDecisionRecord) -> None:
         """Record the rule's decision on a run after an epoch; deciding again replaces it."""
@@ -383,6 +424,57 @@ class Store:
                 LatencyPredictorRecord(row.target, row.table, row.scores)
                 for row in session.scalars(query.order_by(LatencyPredictorRow.id))
             ]
+
+    def subnet_count(self, job_id: str) -> int:
+        """How many subnets the job holds, counted on the (job, id) index."""
+        with self._session("count subnets") as session:
+            _job(session, job_id)
+            query = select(func.count()).select_from(SubnetRow).where(SubnetRow.job_id == job_id)
+            return int(session.scalar(query) or 0)
+
+    def prediction_pairs(self, job_id: str, limit: int) -> tuple[list[PredictionPair], int]:
+        """Predictions the job's search made with the measurement that followed: at most
+        ``limit`` of them, in search order (iteration, then subnet), and how many there are.
+
+        Only subnets the search chose carry predictions, so both queries walk the predictions
+        table's (subnet, metric, target) index and look subnets and measurements up by key.
+        """
+        with self._session("read predictions") as session:
+            _job(session, job_id)
+            of_job = (
+                select(PredictionRow)
+                .join(SubnetRow, SubnetRow.id == PredictionRow.subnet_id)
+                .where(SubnetRow.job_id == job_id)
+            )
+            total = session.scalar(select(func.count()).select_from(of_job.subquery()))
+            measured = MeasurementRow
+            query = (
+                select(
+                    PredictionRow.subnet_id,
+                    PredictionRow.metric,
+                    PredictionRow.target,
+                    PredictionRow.iteration,
+                    PredictionRow.value,
+                    measured.value,
+                )
+                .join(SubnetRow, SubnetRow.id == PredictionRow.subnet_id)
+                .outerjoin(
+                    measured,
+                    and_(
+                        measured.subnet_id == PredictionRow.subnet_id,
+                        measured.metric == PredictionRow.metric,
+                        measured.target == PredictionRow.target,
+                    ),
+                )
+                .where(SubnetRow.job_id == job_id)
+                .order_by(PredictionRow.iteration, PredictionRow.subnet_id, PredictionRow.id)
+                .limit(limit)
+            )
+            pairs = [
+                PredictionPair(subnet_id, metric_key(metric, target), iteration, value, truth)
+                for subnet_id, metric, target, iteration, value, truth in session.execute(query)
+            ]
+            return pairs, int(total or 0)
 
     def get_subnet(self, job_id: str, subnet_id: int) -> SubnetRecord:
         with self._session("read subnet") as session:
