@@ -246,21 +246,23 @@ def create_app(
         subnet_id: SubnetId,
         format: Annotated[Literal["pt2", "onnx", "safetensors"], Query()] = "pt2",  # noqa: A002
     ) -> FileResponse:
-        """The subnet as a standalone model: `model.pt2`, `model.onnx`, or a zip of the
-        safetensors folder (weights, config.json and the loader's source)."""
+        """The subnet as a standalone model, as `nas export` writes it: `model.pt2`, or a zip
+        of the folder where the export is several files (safetensors: weights, config.json and
+        the loader's source; onnx: the graph and its external weights file)."""
         from nas.export import export_subnet
 
         directory = Path(tempfile.mkdtemp(prefix="nas-export-"))
         cleanup = BackgroundTask(shutil.rmtree, directory, ignore_errors=True)
         try:
             path = export_subnet(store, job_id, subnet_id, format, directory / "model")
-            if format == "safetensors":
+            name = f"{job_id}-subnet{subnet_id}{path.suffix}"
+            if len(list(path.parent.iterdir())) > 1:
                 path = Path(shutil.make_archive(str(directory / "model"), "zip", path.parent))
+                name = f"{job_id}-subnet{subnet_id}-{format}.zip"
         except BaseException:
             shutil.rmtree(directory, ignore_errors=True)
             raise
-        name = f"{job_id}-subnet{subnet_id}{''.join(path.suffixes)}"
-        media = "application/zip" if format == "safetensors" else "application/octet-stream"
+        media = "application/zip" if path.suffix == ".zip" else "application/octet-stream"
         return FileResponse(path, media_type=media, filename=name, background=cleanup)
 
     app.include_router(api)
