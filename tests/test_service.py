@@ -66,7 +66,7 @@ def api_routes(client: TestClient) -> list[tuple[str, str]]:
 def test_health_and_page_need_no_token(served: Served) -> None:
     anonymous = TestClient(served.app)
     assert anonymous.get("/health").json() == {"status": "ok"}
-    assert "<canvas id=\"hypervolume\">" in anonymous.get(f"/jobs/{served.job.id}").text
+    assert '<canvas id="hypervolume">' in anonymous.get(f"/jobs/{served.job.id}").text
     assert anonymous.get("/static/vendor/chart.umd.min.js").status_code == 200
 
 
@@ -196,9 +196,9 @@ def test_export_pt2_runs_in_torch(served: Served, client: TestClient, tmp_path: 
     subnet = served.job.front[0]
     response = client.get(f"/api/jobs/{served.job.id}/subnets/{subnet}/export?format=pt2")
     assert response.status_code == 200, response.text
-    assert f'filename="{served.job.id}-subnet{subnet}.pt2"' in response.headers[
-        "content-disposition"
-    ]
+    assert (
+        f'filename="{served.job.id}-subnet{subnet}.pt2"' in response.headers["content-disposition"]
+    )
     (tmp_path / "model.pt2").write_bytes(response.content)
     program = torch.export.load(tmp_path / "model.pt2").module()
     with Store(served.url) as store:
@@ -227,9 +227,9 @@ def test_export_onnx_and_safetensors(served: Served, client: TestClient, tmp_pat
     assert logits.shape == (2, 10)
     folder = client.get(url, params={"format": "safetensors"})
     assert folder.headers["content-type"] == "application/zip"
-    assert f"{served.job.id}-subnet{subnet}-safetensors.zip" in folder.headers[
-        "content-disposition"
-    ]
+    assert (
+        f"{served.job.id}-subnet{subnet}-safetensors.zip" in folder.headers["content-disposition"]
+    )
     zipfile.ZipFile(io.BytesIO(folder.content)).extractall(tmp_path)
     assert json.loads((tmp_path / "config.json").read_text())["subnet"]["id"] == subnet
     sys.path.insert(0, str(tmp_path))
@@ -418,7 +418,6 @@ def test_controller_stops_on_cancel(served: Served, tmp_path: Path) -> None:
     with Store(served.url) as store:
         job = store.create_job("cancelled", finished_spec())
         controller = Controller(store, job.id, tmp_path)
-
 
         def cancelled_while_running() -> None:  # in place of the first step: no Ray needed
             store.cancel_job(job.id)

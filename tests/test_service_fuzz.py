@@ -16,9 +16,9 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+from schemathesis.checks import not_a_server_error
 from schemathesis.generation import GenerationMode
 from schemathesis.schemas import APIOperation
-from schemathesis.checks import not_a_server_error
 
 from tests.finished_job import TOKEN, Served, serve_finished_job
 
@@ -62,8 +62,9 @@ def test_no_server_error(served: Served, label: str) -> None:
     operation = next(o for o in operations(served) if o.label == label)
     slow = operation.path.endswith("/export")
 
-    modes = [GenerationMode.POSITIVE] + ([GenerationMode.NEGATIVE] if operation.path != "/health"
-                                         else [])
+    modes = [GenerationMode.POSITIVE] + (
+        [GenerationMode.NEGATIVE] if operation.path != "/health" else []
+    )
     cases = st.one_of(*(operation.as_strategy(generation_mode=mode) for mode in modes))
 
     @given(case=cases)

@@ -16,7 +16,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, Path as PathParam, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -28,7 +29,7 @@ from nas.errors import ConflictError, NasError, NotFoundError, SpecError, StoreE
 from nas.service.auth import token_dependency
 from nas.service.jobs import ForbiddenImportError, JobRunner, ProcessRunner, parse_submitted_spec
 from nas.service.jobs import submit as submit_job
-from nas.store import Store, StopDecisionRecord
+from nas.store import StopDecisionRecord, Store
 from nas.trials import run_curves
 
 STATIC = Path(__file__).parent / "static"

@@ -13,6 +13,7 @@ import os
 import secrets
 from collections.abc import Callable
 from pathlib import Path
+from typing import Annotated
 
 from fastapi import HTTPException, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -65,12 +66,12 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def token_dependency(token: str) -> Callable[[HTTPAuthorizationCredentials | None], None]:
+def token_dependency(token: str) -> Callable[..., None]:
     """A FastAPI dependency that lets a request through only with ``Bearer <token>``."""
     expected = check_token(token).encode()
 
     def require_token(
-        credentials: HTTPAuthorizationCredentials | None = Security(bearer_scheme),
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)],
     ) -> None:
         given = credentials.credentials.encode("utf-8", "replace") if credentials else b""
         # compare_digest takes as long for a wrong token of any content as for a right one

@@ -89,9 +89,7 @@ class ProcessRunner:
     last line it printed; its whole output is in ``ARTIFACTS/JOB/service.log``.
     """
 
-    def __init__(
-        self, store: Store, artifacts: Path, ray_address: str | None = None
-    ) -> None:
+    def __init__(self, store: Store, artifacts: Path, ray_address: str | None = None) -> None:
         self.store, self.artifacts, self.ray_address = store, artifacts, ray_address
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._current: subprocess.Popen[bytes] | None = None

@@ -185,8 +185,10 @@ class Store:
             ).rowcount
             session.refresh(row)
             if not changed:
-                raise ConflictError(f"job {job_id!r} is {row.status}; only a pending or running "
-                                    "job can be cancelled")
+                raise ConflictError(
+                    f"job {job_id!r} is {row.status}; only a pending or running "
+                    "job can be cancelled"
+                )
             return _job_record(row)
 
     # -- training runs and learning curves ----------------------------------------------------
@@ -262,8 +264,12 @@ class Store:
         with self._session("read curves") as session:
             _job(session, job_id)
             query = (
-                select(CurvePointRow.run_id, CurvePointRow.epoch, CurvePointRow.name,
-                       CurvePointRow.value)
+                select(
+                    CurvePointRow.run_id,
+                    CurvePointRow.epoch,
+                    CurvePointRow.name,
+                    CurvePointRow.value,
+                )
                 .join(TrainingRunRow, TrainingRunRow.id == CurvePointRow.run_id)
                 .where(TrainingRunRow.job_id == job_id)
                 .order_by(CurvePointRow.run_id, CurvePointRow.epoch, CurvePointRow.name)
