@@ -13,6 +13,7 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -171,7 +172,7 @@ def create_app(
     @api.get("/jobs/{job_id}/fronts", tags=["fronts"])
     def fronts(job_id: JobId) -> list[dict[str, Any]]:
         """Every stored front of the job: the spec's objectives, then one per target."""
-        return [front_json(store.front(job_id, t)) for t in store.front_targets(job_id)]
+        return [front_json(f) for f in store.fronts(job_id)]
 
     @api.get("/jobs/{job_id}/front", tags=["fronts"])
     def front(job_id: JobId, target: TargetName = None) -> dict[str, Any]:
@@ -278,17 +279,9 @@ def create_app(
     return app
 
 
-def _decision_json(d: StopDecisionRecord) -> dict[str, Any]:
-    return {
-        "epoch": d.epoch,
-        "stop": d.stop,
-        "mean": d.mean,
-        "low": d.low,
-        "high": d.high,
-        "threshold": d.threshold,
-        "probability": d.probability,
-        "reason": d.reason,
-    }
+def _decision_json(decision: StopDecisionRecord) -> dict[str, Any]:
+    """A stop decision without its run id (it is listed under its run)."""
+    return {k: v for k, v in asdict(decision).items() if k != "run_id"}
 
 
 def _install_error_handlers(app: FastAPI) -> None:

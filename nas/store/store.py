@@ -447,14 +447,8 @@ class Store:
         """
         with self._session("read predictions") as session:
             _job(session, job_id)
-            of_job = (
-                select(PredictionRow)
-                .join(SubnetRow, SubnetRow.id == PredictionRow.subnet_id)
-                .where(SubnetRow.job_id == job_id)
-            )
-            total = session.scalar(select(func.count()).select_from(of_job.subquery()))
             measured = MeasurementRow
-            query = (
+            of_job = (
                 select(
                     PredictionRow.subnet_id,
                     PredictionRow.metric,
@@ -464,7 +458,7 @@ class Store:
                     measured.value,
                 )
                 .join(SubnetRow, SubnetRow.id == PredictionRow.subnet_id)
-                .outerjoin(
+                .outerjoin(  # at most one measurement per (subnet, metric, target)
                     measured,
                     and_(
                         measured.subnet_id == PredictionRow.subnet_id,
@@ -473,9 +467,11 @@ class Store:
                     ),
                 )
                 .where(SubnetRow.job_id == job_id)
-                .order_by(PredictionRow.iteration, PredictionRow.subnet_id, PredictionRow.id)
-                .limit(limit)
             )
+            total = session.scalar(select(func.count()).select_from(of_job.subquery()))
+            query = of_job.order_by(
+                PredictionRow.iteration, PredictionRow.subnet_id, PredictionRow.id
+            ).limit(limit)
             pairs = [
                 PredictionPair(subnet_id, metric_key(metric, target), iteration, value, truth)
                 for subnet_id, metric, target, iteration, value, truth in session.execute(query)
@@ -579,15 +575,14 @@ class Store:
                 raise NotFoundError(
                     f"job {job_id!r} has no front for target {target!r}; available: {available}"
                 )
-            rows = session.scalars(
-                select(SubnetRow)
-                .join(FrontMemberRow, FrontMemberRow.subnet_id == SubnetRow.id)
-                .where(FrontMemberRow.front_id == chosen.id)
-                .order_by(FrontMemberRow.position)
-            )
-            ids = select(FrontMemberRow.subnet_id).where(FrontMemberRow.front_id == chosen.id)
-            points = _subnet_records(session, list(rows), ids)
-            return FrontRecord(job_id, chosen.target, list(chosen.objectives), points)
+            return _front_records(session, job_id, [chosen])[0]
+
+    def fronts(self, job_id: str) -> list[FrontRecord]:
+        """Every front of the job in the order first saved, read in one go (three queries)."""
+        with self._session("read fronts") as session:
+            _job(session, job_id)
+            query = select(FrontRow).where(FrontRow.job_id == job_id).order_by(FrontRow.id)
+            return _front_records(session, job_id, list(session.scalars(query)))
 
     def front_targets(self, job_id: str) -> list[str]:
         """Targets the job has fronts for, in the order they were first saved."""
@@ -740,6 +735,24 @@ def _run_record(row: TrainingRunRow) -> TrainingRunRecord:
         epochs_done=row.epochs_done,
         checkpoint_path=row.checkpoint_path,
     )
+
+
+def _front_records(session: Session, job_id: str, fronts: list[FrontRow]) -> list[FrontRecord]:
+    """The fronts' members with their metrics: members by the front key, metrics by subnet."""
+    front_ids = [f.id for f in fronts]
+    members = session.execute(
+        select(FrontMemberRow.front_id, SubnetRow)
+        .join(SubnetRow, SubnetRow.id == FrontMemberRow.subnet_id)
+        .where(FrontMemberRow.front_id.in_(front_ids))
+        .order_by(FrontMemberRow.front_id, FrontMemberRow.position)
+    ).all()
+    unique = list({row.id: row for _, row in members}.values())
+    ids = select(FrontMemberRow.subnet_id).where(FrontMemberRow.front_id.in_(front_ids))
+    records = {r.id: r for r in _subnet_records(session, unique, ids)}
+    points: dict[int, list[SubnetRecord]] = {f.id: [] for f in fronts}
+    for front_id, row in members:
+        points[front_id].append(records[row.id])
+    return [FrontRecord(job_id, f.target, list(f.objectives), points[f.id]) for f in fronts]
 
 
 def _subnet_records(
