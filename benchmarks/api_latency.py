@@ -229,7 +229,7 @@ def calls(job_id: str) -> dict[str, str]:
         "job status": f"/api/jobs/{job_id}",
         "fronts (7 targets)": f"/api/jobs/{job_id}/fronts",
         "training runs": f"/api/jobs/{job_id}/runs",
-        "predictions (5000 of 20000)": f"/api/jobs/{job_id}/predictions",
+        "predictions (2000 of 20000)": f"/api/jobs/{job_id}/predictions",
         "jobs list": "/api/jobs",
     }
 
@@ -348,7 +348,7 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         "Each query is indexed: a front reads its members by the front's key and their metrics",
         "and predictions by the (subnet, metric, target) unique index; the subnet count uses the",
         "(job, id) index; curves and stop decisions go through the runs of the job; predictions",
-        "walk the predictions table (only searched subnets have any), capped at 5,000 points.",
+        "walk the job's subnets in order and stop at 2,000 points (the page's default).",
     ]
     path.write_text("\n".join(lines) + "\n")
 

@@ -165,16 +165,13 @@ def test_training_runs_with_curves_and_decisions(served: Served, client: TestCli
 def test_predictions(served: Served, client: TestClient) -> None:
     answer = client.get(f"/api/jobs/{served.job.id}/predictions").json()
     searched = len(served.job.subnets) - 4
-    assert answer["total"] == len(answer["points"]) == 2 * searched
-    for p in answer["points"]:
-        offset = 0.02 if p["metric"] == "accuracy" else 0.02
-        if p["subnet"] == served.job.unscored or p["measured"] is None:
-            continue
-        assert p["predicted"] == pytest.approx(p["measured"] + offset)
+    assert len(answer["points"]) == 2 * searched and not answer["truncated"]
+    for p in answer["points"]:  # the fixture predicts 0.02 above the measured value
+        assert p["predicted"] == pytest.approx(p["measured"] + 0.02)
     iterations = [p["iteration"] for p in answer["points"]]
-    assert iterations == sorted(iterations)
+    assert iterations == sorted(iterations)  # subnets in the order the search made them
     two = client.get(f"/api/jobs/{served.job.id}/predictions", params={"limit": 2}).json()
-    assert two["total"] == answer["total"] and two["points"] == answer["points"][:2]
+    assert two["truncated"] and two["points"] == answer["points"][:2]
 
 
 def test_subnet(served: Served, client: TestClient) -> None:

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import asdict
+from dataclasses import fields
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -145,24 +145,27 @@ def create_app(
     @api.get("/jobs/{job_id}", tags=["jobs"])
     def job_status(job_id: JobId) -> dict[str, Any]:
         """The job with its stages, subnet count, search iterations, predictors and fronts."""
-        job = store.get_job(job_id)
-        return {
-            **job_json(job),
-            "spec": job.spec,
-            "stages": stage_states(job),
-            "subnets": store.subnet_count(job_id),
-            "fronts": store.front_targets(job_id),
-            "search": [
-                {
-                    "iteration": i.iteration,
-                    "evaluations": i.evaluations,
-                    "hypervolume": i.hypervolume,
-                    "predictors": i.scores,
-                }
-                for i in store.search_iterations(job_id)
-            ],
-            "latency_predictors": {p.target: p.scores for p in store.latency_predictors(job_id)},
-        }
+        with store.transaction():  # one connection and snapshot for the whole answer
+            job = store.get_job(job_id)
+            return {
+                **job_json(job),
+                "spec": job.spec,
+                "stages": stage_states(job),
+                "subnets": store.subnet_count(job_id),
+                "fronts": store.front_targets(job_id),
+                "search": [
+                    {
+                        "iteration": i.iteration,
+                        "evaluations": i.evaluations,
+                        "hypervolume": i.hypervolume,
+                        "predictors": i.scores,
+                    }
+                    for i in store.search_iterations(job_id)
+                ],
+                "latency_predictors": {
+                    p.target: p.scores for p in store.latency_predictors(job_id)
+                },
+            }
 
     @api.post("/jobs/{job_id}/cancel", tags=["jobs"], responses={409: {"description": "finished"}})
     def cancel_job(job_id: JobId) -> dict[str, Any]:
@@ -182,10 +185,12 @@ def create_app(
     @api.get("/jobs/{job_id}/runs", tags=["training"])
     def training_runs(job_id: JobId) -> list[dict[str, Any]]:
         """Supernet training runs: hyperparameters, learning curves and every stop decision."""
-        runs = store.training_runs(job_id)
-        curves = store.curves(job_id)
+        with store.transaction():
+            runs = store.training_runs(job_id)
+            curves = store.curves(job_id)
+            stop_decisions = store.stop_decisions(job_id)
         decisions: dict[int, list[StopDecisionRecord]] = {}
-        for d in store.stop_decisions(job_id):
+        for d in stop_decisions:
             decisions.setdefault(d.run_id, []).append(d)
         return [
             {
@@ -201,13 +206,13 @@ def create_app(
 
     @api.get("/jobs/{job_id}/predictions", tags=["predictors"])
     def predictions(
-        job_id: JobId, limit: Annotated[int, Query(ge=1, le=100_000)] = 5000
+        job_id: JobId, limit: Annotated[int, Query(ge=1, le=100_000)] = 2000
     ) -> dict[str, Any]:
         """What the search's predictors said of the subnets it chose, beside what was then
-        measured: at most ``limit`` pairs, in search order."""
-        pairs, total = store.prediction_pairs(job_id, limit)
+        measured: at most ``limit`` pairs, in search order; ``truncated`` if there are more."""
+        pairs, truncated = store.prediction_pairs(job_id, limit)
         return {
-            "total": total,
+            "truncated": truncated,
             "points": [
                 {
                     "subnet": p.subnet_id,
@@ -279,9 +284,12 @@ def create_app(
     return app
 
 
+#: What the API shows of a stop decision (its run id is implied: it is listed under its run).
+DECISION_FIELDS = [f.name for f in fields(StopDecisionRecord) if f.name != "run_id"]
+
+
 def _decision_json(decision: StopDecisionRecord) -> dict[str, Any]:
-    """A stop decision without its run id (it is listed under its run)."""
-    return {k: v for k, v in asdict(decision).items() if k != "run_id"}
+    return {name: getattr(decision, name) for name in DECISION_FIELDS}
 
 
 def _install_error_handlers(app: FastAPI) -> None:

@@ -13,6 +13,7 @@ import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,7 @@ class Store:
         except (SQLAlchemyError, ImportError) as err:
             raise StoreError(f"cannot use database URL {self._shown_url}: {_reason(err)}") from err
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)
+        self._current: ContextVar[Session | None] = ContextVar(f"store{id(self)}", default=None)
         try:
             with self._errors("reach database"), self._engine.connect():
                 pass
@@ -438,17 +440,18 @@ class Store:
             query = select(func.count()).select_from(SubnetRow).where(SubnetRow.job_id == job_id)
             return int(session.scalar(query) or 0)
 
-    def prediction_pairs(self, job_id: str, limit: int) -> tuple[list[PredictionPair], int]:
-        """Predictions the job's search made with the measurement that followed: at most
-        ``limit`` of them, in search order (iteration, then subnet), and how many there are.
+    def prediction_pairs(self, job_id: str, limit: int) -> tuple[list[PredictionPair], bool]:
+        """Predictions the job's search made, each with the measurement that followed, in the
+        order the subnets were created (the search's order): at most ``limit`` of them, and
+        whether there are more.
 
-        Only subnets the search chose carry predictions, so both queries walk the predictions
-        table's (subnet, metric, target) index and look subnets and measurements up by key.
+        The query walks the job's subnets on the (job, id) index and looks their predictions
+        and measurements up by the (subnet, metric, target) keys, stopping at ``limit``.
         """
         with self._session("read predictions") as session:
             _job(session, job_id)
             measured = MeasurementRow
-            of_job = (
+            query = (
                 select(
                     PredictionRow.subnet_id,
                     PredictionRow.metric,
@@ -457,7 +460,8 @@ class Store:
                     PredictionRow.value,
                     measured.value,
                 )
-                .join(SubnetRow, SubnetRow.id == PredictionRow.subnet_id)
+                .select_from(SubnetRow)
+                .join(PredictionRow, PredictionRow.subnet_id == SubnetRow.id)
                 .outerjoin(  # at most one measurement per (subnet, metric, target)
                     measured,
                     and_(
@@ -467,16 +471,14 @@ class Store:
                     ),
                 )
                 .where(SubnetRow.job_id == job_id)
+                .order_by(SubnetRow.id, PredictionRow.metric, PredictionRow.target)
+                .limit(limit + 1)
             )
-            total = session.scalar(select(func.count()).select_from(of_job.subquery()))
-            query = of_job.order_by(
-                PredictionRow.iteration, PredictionRow.subnet_id, PredictionRow.id
-            ).limit(limit)
             pairs = [
                 PredictionPair(subnet_id, metric_key(metric, target), iteration, value, truth)
                 for subnet_id, metric, target, iteration, value, truth in session.execute(query)
             ]
-            return pairs, int(total or 0)
+            return pairs[:limit], len(pairs) > limit
 
     def get_subnet(self, job_id: str, subnet_id: int) -> SubnetRecord:
         with self._session("read subnet") as session:
@@ -602,10 +604,28 @@ class Store:
             raise StoreError(f"cannot {action} {self._shown_url}: {_reason(err)}") from err
 
     @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Run the store calls of this block, in this thread, in one transaction.
+
+        One connection and one commit instead of one per call (a web page's calls cost a few
+        round trips, not dozens), and every read sees the same snapshot. Any error rolls back
+        all of the block's writes.
+        """
+        with self._session("run transaction"):
+            yield
+
+    @contextmanager
     def _session(self, action: str) -> Iterator[Session]:
-        """One transaction: commit on success, roll back on any error, always close."""
+        """One transaction: commit on success, roll back on any error, always close; inside
+        :meth:`transaction`, that block's session."""
+        current = self._current.get()
+        if current is not None:
+            with self._errors(f"{action} in database"):
+                yield current
+            return
         with self._errors(f"{action} in database"):
             session = self._sessions()
+            token = self._current.set(session)
             try:
                 yield session
                 session.commit()
@@ -613,6 +633,7 @@ class Store:
                 session.rollback()
                 raise
             finally:
+                self._current.reset(token)
                 session.close()
 
 
