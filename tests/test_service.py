@@ -445,3 +445,9 @@ def test_process_runner(served: Served, tmp_path: Path, monkeypatch: pytest.Monk
         assert store.get_job(cancelled).status == "cancelled"
         assert not (tmp_path / cancelled).exists()
         assert "starting" in (tmp_path / failing / "service.log").read_text()
+
+
+def test_a_bug_is_still_a_json_error(served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Store, "list_jobs", lambda self: 1 / 0)
+    with TestClient(served.app, headers=AUTH, raise_server_exceptions=False) as client:
+        assert error_of(client.get("/api/jobs"), 500) == "internal error: ZeroDivisionError"

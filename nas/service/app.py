@@ -9,6 +9,7 @@ a bad spec or parameter, 503 when the database cannot be used.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Sequence
@@ -34,6 +35,7 @@ from nas.store import StopDecisionRecord, Store
 from nas.trials import run_curves
 
 STATIC = Path(__file__).parent / "static"
+logger = logging.getLogger("nas.service")
 
 #: Ids as the store makes them; anything else cannot name a job and is a 422, not a query.
 JobId = Annotated[str, PathParam(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="job id")]
@@ -314,5 +316,11 @@ def _install_error_handlers(app: FastAPI) -> None:
             {"detail": str(error.detail)}, status_code=error.status_code, headers=error.headers
         )
 
+    def handle_bug(_: Request, error: Exception) -> JSONResponse:
+        """A bug, not bad input: still JSON, with the traceback in the server's log."""
+        logger.error("unhandled error", exc_info=error)
+        return JSONResponse({"detail": f"internal error: {type(error).__name__}"}, status_code=500)
+
     app.add_exception_handler(RequestValidationError, handle_validation)
     app.add_exception_handler(StarletteHTTPException, handle_http)
+    app.add_exception_handler(Exception, handle_bug)
