@@ -138,10 +138,7 @@ def cmd_cancel(args: argparse.Namespace, console: Console) -> int:
     from nas.submission import stop_controller
 
     with Store(resolve_url(args.db)) as store:
-        job = store.get_job(args.job)
-        if job.status in ("done", "cancelled"):
-            raise NasError(f"job {job.id} is already {job.status}")
-        store.update_job(job.id, status="cancelled")
+        job = store.cancel_job(args.job)
     if job.submission_id and job.cluster_address:
         stop_controller(_submitted_client(job), job.submission_id)
     console.print(f"cancelled job {job.id}", highlight=False)
@@ -298,6 +295,12 @@ def cmd_export(args: argparse.Namespace, console: Console) -> int:
         path = export_subnet(store, args.job, args.subnet, args.format, args.output)
     console.print(f"wrote {path}", highlight=False)
     return 0
+
+
+def cmd_serve(args: argparse.Namespace, console: Console) -> int:
+    from nas.service.server import serve
+
+    return serve(args)
 
 
 def cmd_curves_replay(args: argparse.Namespace, console: Console) -> int:
@@ -493,6 +496,24 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", required=True, choices=["pt2", "onnx", "safetensors"])
     export.add_argument("-o", "--output", required=True, help="output directory")
     export.set_defaults(handler=cmd_export)
+
+    serve = sub.add_parser(
+        "serve", parents=[common], help="the HTTP API and web page (see README: nas serve)"
+    )
+    serve.add_argument("--address", help="Ray cluster for submitted jobs (default: local)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--token-file", help="file holding the API token (else $NAS_API_TOKEN)")
+    serve.add_argument(
+        "--allow-module",
+        action="append",
+        metavar="MODULE",
+        help="module (or package) a submitted spec may import code from; repeatable",
+    )
+    serve.add_argument(
+        "--artifacts", help="artifact directory (default: $NAS_ARTIFACTS or beside the db)"
+    )
+    serve.set_defaults(handler=cmd_serve)
 
     curves = sub.add_parser("curves", help="learning curves and early stopping")
     curves_sub = curves.add_subparsers(dest="curves_command", required=True)

@@ -110,8 +110,8 @@ class Controller:
         self.on_progress(stage, done, total, detail)
 
     def _check_cancelled(self) -> None:
-        """Stop at the next step once ``nas cancel`` has marked the job (the database is how
-        a canceller on another machine reaches a controller it cannot signal)."""
+        """Stop at the next step once the job is marked cancelled (``nas cancel`` or the API's
+        cancel route: the database is how a canceller reaches a controller it cannot signal)."""
         if self.store.get_job(self.job.id).status == "cancelled":
             raise JobCancelled(f"job {self.job.id} was cancelled")
 

@@ -28,5 +28,9 @@ class InfeasibleError(NasError):
     """No subnet satisfies the job's constraints."""
 
 
+class ConflictError(NasError):
+    """The operation does not fit the job's state (cancelling a finished job)."""
+
+
 class JobCancelled(NasError):
-    """The job was cancelled (``nas cancel``) while its controller ran."""
+    """The job was cancelled while its controller ran; the controller stops at the next step."""

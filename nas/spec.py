@@ -208,7 +208,8 @@ class SearchSpec(Strict):
 
 
 class JobSpec(Strict):
-    name: str = Field(min_length=1)
+    #: Stored in a 255-character column, shown in tables: printable text only.
+    name: str = Field(min_length=1, max_length=255)
     seed: int = 0
     search_space: SearchSpaceSpec
     dataset: DatasetSpec
@@ -218,6 +219,13 @@ class JobSpec(Strict):
     objectives: list[str] = Field(default=["accuracy", "macs"], min_length=2, max_length=3)
     constraints: list[ConstraintSpec] = Field(default_factory=list)
     search: SearchSpec = SearchSpec()
+
+    @field_validator("name")
+    @classmethod
+    def printable(cls, name: str) -> str:
+        if not name.isprintable():
+            raise ValueError(f"name {name!r} must be printable text (no control characters)")
+        return name
 
     @model_validator(mode="after")
     def consistent(self) -> JobSpec:
@@ -270,6 +278,17 @@ def check_metric_key(key: str, targets: list[str]) -> None:
         raise ValueError(
             f"metric '{key}' names unknown hardware target '{target}'; declared: {targets}"
         )
+
+
+def spec_imports(spec: JobSpec) -> list[str]:
+    """The modules of user code that running ``spec`` would import by dotted path.
+
+    Today's spec names datasets and search spaces through registries only, so it imports no
+    user code and this is empty. A field that will import code by path (a user's own dataset
+    as ``package.module:function``) must report its module here: ``nas serve`` refuses a spec
+    sent over HTTP whose modules are not in the server's allow-list.
+    """
+    return []
 
 
 def _first_error(error: ValidationError) -> str:

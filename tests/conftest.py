@@ -58,12 +58,11 @@ def postgres_url() -> Iterator[str]:
         )
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """An empty database of each backend: a new SQLite file, or the session's PostgreSQL
-    database with its tables dropped so that every test starts from nothing."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'nas.db'}"
+def empty_database(backend: str, request: pytest.FixtureRequest, directory: Path) -> str:
+    """An empty database: a new SQLite file in ``directory``, or the session's PostgreSQL
+    database with its tables dropped so that the caller starts from nothing."""
+    if backend == "sqlite":
+        return f"sqlite:///{directory / 'nas.db'}"
     url: str = request.getfixturevalue("postgres_url")
     engine = create_engine(url)
     try:
@@ -73,6 +72,12 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     finally:
         engine.dispose()
     return url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database of each backend, for every test."""
+    return empty_database(request.param, request, tmp_path)
 
 
 @pytest.fixture

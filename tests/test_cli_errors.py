@@ -182,5 +182,6 @@ def test_cancel_marks_a_local_job_and_refuses_twice(workdir: tuple[Path, Path, s
     with Store(f"sqlite:///{db}") as store:
         assert store.get_job(job).status == "cancelled"
     assert_user_error(
-        nas("cancel", job, "--db", str(db), cwd=directory), f"job {job} is already cancelled"
+        nas("cancel", job, "--db", str(db), cwd=directory),
+        f"job '{job}' is cancelled; only a pending or running job can be cancelled",
     )

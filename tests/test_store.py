@@ -356,3 +356,22 @@ def test_latency_predictors_round_trip_and_update(store: Store) -> None:
     assert (gpu.target, gpu.scores) == ("gpu", {})
     with pytest.raises(NotFoundError, match="unknown job 'nope'"):
         store.latency_predictors("nope")
+
+
+# -- transactions spanning several calls ---------------------------------------------------------
+
+
+def test_transaction_is_one_snapshot_and_rolls_back_as_one(store: Store) -> None:
+    job = store.create_job("demo", {})
+    with pytest.raises(NotFoundError), store.transaction():
+        store.update_job(job.id, status="running")
+        assert store.get_job(job.id).status == "running"  # the block sees its own writes
+        store.get_job("nosuchjob")
+    assert store.get_job(job.id).status == "pending"  # the whole block was rolled back
+    with store.transaction():
+        store.update_job(job.id, status="running", stage="train")
+        store.update_job(job.id, stage_detail="epoch 1/2")
+    assert (store.get_job(job.id).stage, store.get_job(job.id).stage_detail) == (
+        "train",
+        "epoch 1/2",
+    )

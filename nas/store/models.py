@@ -64,6 +64,7 @@ class Base(DeclarativeBase):
 
 class JobRow(Base):
     __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_created_at", "created_at"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_job_id)
     name: Mapped[str] = mapped_column(String(255))
@@ -105,8 +106,12 @@ class CurvePointRow(Base):
 
 class SubnetRow(Base):
     __tablename__ = "subnets"
-    # The unique key makes get-or-create by config cheap and keeps one row per config and job.
-    __table_args__ = (UniqueConstraint("job_id", "config_key"),)
+    # The unique key makes get-or-create by config cheap and keeps one row per config and job;
+    # the narrow (job, id) index serves counts and id-ordered scans of one job's subnets.
+    __table_args__ = (
+        UniqueConstraint("job_id", "config_key"),
+        Index("ix_subnets_job_id", "job_id", "id"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"))

@@ -12,6 +12,8 @@ from datetime import datetime
 from typing import Any
 
 JOB_STATUSES = ("pending", "running", "done", "failed", "cancelled")
+#: A job in one of these states can still be cancelled.
+ACTIVE_JOB_STATUSES = ("pending", "running")
 JOB_STAGES = ("train", "profile", "search", "front", "done")
 RUN_STATUSES = ("running", "done", "stopped", "failed")
 SUBNET_SOURCES = ("profile", "search")
@@ -108,6 +110,18 @@ class Measurement:
     @property
     def key(self) -> str:
         return metric_key(self.metric, self.target)
+
+
+@dataclass(frozen=True)
+class PredictionPair:
+    """What a predictor said of a subnet's metric (``key``, as :func:`metric_key`) in search
+    ``iteration``, and what was measured afterwards (``None`` if not measured yet)."""
+
+    subnet_id: int
+    key: str
+    iteration: int
+    predicted: float
+    measured: float | None
 
 
 @dataclass(frozen=True)

@@ -13,15 +13,16 @@ import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, Select, and_, create_engine, event, func, or_, select
+from sqlalchemy import Engine, Select, and_, create_engine, event, func, or_, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from nas.errors import NotFoundError, StoreError
+from nas.errors import ConflictError, NotFoundError, StoreError
 from nas.store import schema
 from nas.store.models import (
     CurvePointRow,
@@ -39,6 +40,7 @@ from nas.store.models import (
     utcnow,
 )
 from nas.store.records import (
+    ACTIVE_JOB_STATUSES,
     JOB_STAGES,
     JOB_STATUSES,
     RUN_STATUSES,
@@ -48,6 +50,7 @@ from nas.store.records import (
     JobRecord,
     LatencyPredictorRecord,
     Measurement,
+    PredictionPair,
     SearchIterationRecord,
     StopDecisionRecord,
     SubnetRecord,
@@ -96,6 +99,7 @@ class Store:
         self._shown_url = _hide_password(url)
         self._engine = _open_engine(url)
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)
+        self._current: ContextVar[Session | None] = ContextVar(f"store{id(self)}", default=None)
         try:
             with self._errors("reach database"), self._engine.connect():
                 pass
@@ -171,6 +175,27 @@ class Store:
                 submission_id=submission_id,
             )
 
+    def cancel_job(self, job_id: str) -> JobRecord:
+        """Mark a pending or running job ``cancelled``; its controller stops at its next step.
+
+        One conditional UPDATE, so a job that finishes meanwhile is never marked cancelled.
+        """
+        with self._session("cancel job") as session:
+            row = _job(session, job_id)
+            changed = session.execute(
+                update(JobRow)
+                .where(JobRow.id == job_id, JobRow.status.in_(ACTIVE_JOB_STATUSES))
+                .values(status="cancelled", updated_at=utcnow())
+                .execution_options(synchronize_session=False)
+            ).rowcount
+            session.refresh(row)
+            if not changed:
+                raise ConflictError(
+                    f"job {job_id!r} is {row.status}; only a pending or running "
+                    "job can be cancelled"
+                )
+            return _job_record(row)
+
     # -- training runs and learning curves ----------------------------------------------------
 
     def create_training_run(self, job_id: str, hparams: dict[str, Any]) -> TrainingRunRecord:
@@ -238,6 +263,26 @@ class Store:
                 .order_by(CurvePointRow.epoch, CurvePointRow.name)
             )
             return [CurvePoint(row.epoch, row.name, row.value) for row in session.scalars(query)]
+
+    def curves(self, job_id: str) -> dict[int, list[CurvePoint]]:
+        """Every training run's curve points (by epoch, then name) in one indexed query."""
+        with self._session("read curves") as session:
+            _job(session, job_id)
+            query = (
+                select(
+                    CurvePointRow.run_id,
+                    CurvePointRow.epoch,
+                    CurvePointRow.name,
+                    CurvePointRow.value,
+                )
+                .join(TrainingRunRow, TrainingRunRow.id == CurvePointRow.run_id)
+                .where(TrainingRunRow.job_id == job_id)
+                .order_by(CurvePointRow.run_id, CurvePointRow.epoch, CurvePointRow.name)
+            )
+            curves: dict[int, list[CurvePoint]] = {}
+            for run_id, epoch, name, value in session.execute(query):
+                curves.setdefault(run_id, []).append(CurvePoint(epoch, name, value))
+            return curves
 
     def add_stop_decision(self, decision: StopDecisionRecord) -> None:
         """Record the rule's decision on a run after an epoch; deciding again replaces it."""
@@ -391,6 +436,53 @@ class Store:
                 for row in session.scalars(query.order_by(LatencyPredictorRow.id))
             ]
 
+    def subnet_count(self, job_id: str) -> int:
+        """How many subnets the job holds, counted on the (job, id) index."""
+        with self._session("count subnets") as session:
+            _job(session, job_id)
+            query = select(func.count()).select_from(SubnetRow).where(SubnetRow.job_id == job_id)
+            return int(session.scalar(query) or 0)
+
+    def prediction_pairs(self, job_id: str, limit: int) -> tuple[list[PredictionPair], bool]:
+        """Predictions the job's search made, each with the measurement that followed, in the
+        order the subnets were created (the search's order): at most ``limit`` of them, and
+        whether there are more.
+
+        The query walks the job's subnets on the (job, id) index and looks their predictions
+        and measurements up by the (subnet, metric, target) keys, stopping at ``limit``.
+        """
+        with self._session("read predictions") as session:
+            _job(session, job_id)
+            measured = MeasurementRow
+            query = (
+                select(
+                    PredictionRow.subnet_id,
+                    PredictionRow.metric,
+                    PredictionRow.target,
+                    PredictionRow.iteration,
+                    PredictionRow.value,
+                    measured.value,
+                )
+                .select_from(SubnetRow)
+                .join(PredictionRow, PredictionRow.subnet_id == SubnetRow.id)
+                .outerjoin(  # at most one measurement per (subnet, metric, target)
+                    measured,
+                    and_(
+                        measured.subnet_id == PredictionRow.subnet_id,
+                        measured.metric == PredictionRow.metric,
+                        measured.target == PredictionRow.target,
+                    ),
+                )
+                .where(SubnetRow.job_id == job_id)
+                .order_by(SubnetRow.id, PredictionRow.metric, PredictionRow.target)
+                .limit(limit + 1)
+            )
+            pairs = [
+                PredictionPair(subnet_id, metric_key(metric, target), iteration, value, truth)
+                for subnet_id, metric, target, iteration, value, truth in session.execute(query)
+            ]
+            return pairs[:limit], len(pairs) > limit
+
     def get_subnet(self, job_id: str, subnet_id: int) -> SubnetRecord:
         with self._session("read subnet") as session:
             _job(session, job_id)
@@ -488,15 +580,14 @@ class Store:
                 raise NotFoundError(
                     f"job {job_id!r} has no front for target {target!r}; available: {available}"
                 )
-            rows = session.scalars(
-                select(SubnetRow)
-                .join(FrontMemberRow, FrontMemberRow.subnet_id == SubnetRow.id)
-                .where(FrontMemberRow.front_id == chosen.id)
-                .order_by(FrontMemberRow.position)
-            )
-            ids = select(FrontMemberRow.subnet_id).where(FrontMemberRow.front_id == chosen.id)
-            points = _subnet_records(session, list(rows), ids)
-            return FrontRecord(job_id, chosen.target, list(chosen.objectives), points)
+            return _front_records(session, job_id, [chosen])[0]
+
+    def fronts(self, job_id: str) -> list[FrontRecord]:
+        """Every front of the job in the order first saved, read in one go (three queries)."""
+        with self._session("read fronts") as session:
+            _job(session, job_id)
+            query = select(FrontRow).where(FrontRow.job_id == job_id).order_by(FrontRow.id)
+            return _front_records(session, job_id, list(session.scalars(query)))
 
     def front_targets(self, job_id: str) -> list[str]:
         """Targets the job has fronts for, in the order they were first saved."""
@@ -516,10 +607,28 @@ class Store:
             raise StoreError(f"cannot {action} {self._shown_url}: {_reason(err)}") from err
 
     @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Run the store calls of this block, in this thread, in one transaction.
+
+        One connection and one commit instead of one per call (a web page's calls cost a few
+        round trips, not dozens), and every read sees the same snapshot. Any error rolls back
+        all of the block's writes.
+        """
+        with self._session("run transaction"):
+            yield
+
+    @contextmanager
     def _session(self, action: str) -> Iterator[Session]:
-        """One transaction: commit on success, roll back on any error, always close."""
+        """One transaction: commit on success, roll back on any error, always close; inside
+        :meth:`transaction`, that block's session."""
+        current = self._current.get()
+        if current is not None:
+            with self._errors(f"{action} in database"):
+                yield current
+            return
         with self._errors(f"{action} in database"):
             session = self._sessions()
+            token = self._current.set(session)
             try:
                 yield session
                 session.commit()
@@ -527,6 +636,7 @@ class Store:
                 session.rollback()
                 raise
             finally:
+                self._current.reset(token)
                 session.close()
 
 
@@ -673,6 +783,24 @@ def _run_record(row: TrainingRunRow) -> TrainingRunRecord:
         epochs_done=row.epochs_done,
         checkpoint_path=row.checkpoint_path,
     )
+
+
+def _front_records(session: Session, job_id: str, fronts: list[FrontRow]) -> list[FrontRecord]:
+    """The fronts' members with their metrics: members by the front key, metrics by subnet."""
+    front_ids = [f.id for f in fronts]
+    members = session.execute(
+        select(FrontMemberRow.front_id, SubnetRow)
+        .join(SubnetRow, SubnetRow.id == FrontMemberRow.subnet_id)
+        .where(FrontMemberRow.front_id.in_(front_ids))
+        .order_by(FrontMemberRow.front_id, FrontMemberRow.position)
+    ).all()
+    unique = list({row.id: row for _, row in members}.values())
+    ids = select(FrontMemberRow.subnet_id).where(FrontMemberRow.front_id.in_(front_ids))
+    records = {r.id: r for r in _subnet_records(session, unique, ids)}
+    points: dict[int, list[SubnetRecord]] = {f.id: [] for f in fronts}
+    for front_id, row in members:
+        points[front_id].append(records[row.id])
+    return [FrontRecord(job_id, f.target, list(f.objectives), points[f.id]) for f in fronts]
 
 
 def _subnet_records(
