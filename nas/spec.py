@@ -108,13 +108,50 @@ class TrainingSpec(Strict):
     sampling: Literal["sandwich"] = "sandwich"
     random_subnets: int = Field(2, ge=0)
     distillation: Literal["inplace", "none"] = "inplace"
+    #: CPUs of each training process (its torch threads).
     cpus: int = Field(1, ge=1)
+    #: Data-parallel training processes (Ray Train workers, gloo on CPUs, NCCL on GPUs); one
+    #: trains in a plain Ray actor. Each takes ``batch_size / workers`` rows of every batch.
+    workers: int = Field(1, ge=1)
+    #: Each process's Ray resources besides its ``cpus``: ``GPU`` (0 or a whole number; with
+    #: GPUs the supernet trains on one) and any custom resources, e.g. ``{GPU: 1}``.
+    resources_per_worker: dict[str, float] = Field(default_factory=dict)
     #: Supernet training runs; with more than one, each samples ``tune`` with Optuna's
     #: ``sampler`` and the best finished run's supernet is profiled and searched.
     trials: int = Field(1, ge=1)
     tune: dict[str, RangeSpec] = Field(default_factory=dict)
     sampler: Literal["tpe", "random"] = "tpe"
     early_stopping: EarlyStoppingSpec | None = None
+
+    @field_validator("resources_per_worker")
+    @classmethod
+    def resources_valid(cls, resources: dict[str, float]) -> dict[str, float]:
+        for name, amount in resources.items():
+            if name == "CPU":
+                raise ValueError("give the CPUs of each worker as 'cpus', not in resources")
+            if amount < 0:
+                raise ValueError(f"resource {name}={amount} must not be negative")
+        gpus = resources.get("GPU", 0)
+        if gpus != int(gpus):
+            raise ValueError(f"GPU={gpus} must be a whole number (one process per GPU)")
+        return resources
+
+    @property
+    def gpus(self) -> int:
+        """GPUs per training process; with any, training runs on the GPU."""
+        return int(self.resources_per_worker.get("GPU", 0))
+
+    def worker_resources(self) -> dict[str, float]:
+        """Each training process's Ray resources: ``{"CPU": cpus, "GPU": ..., ...}``."""
+        return {"CPU": self.cpus, **self.resources_per_worker}
+
+    @model_validator(mode="after")
+    def batch_covers_workers(self) -> TrainingSpec:
+        if self.batch_size < self.workers:
+            raise ValueError(
+                f"batch_size={self.batch_size} must give each of the {self.workers} workers a row"
+            )
+        return self
 
     @model_validator(mode="after")
     def tune_known(self) -> TrainingSpec:

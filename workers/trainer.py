@@ -4,6 +4,16 @@ Each step trains the largest subnet on the labels, then the smallest and a few r
 on the largest one's (detached) soft predictions, accumulating gradients into one optimizer
 step (Yu et al., "BigNAS"/"Universally slimmable networks"). The controller calls ``run_epoch``
 repeatedly, so that it can store every curve point and decide whether to go on.
+
+Randomness is a function of the seed and the position: epoch ``e`` visits the rows in the order
+drawn from ``(seed, e)`` and step ``s`` of it samples its subnets from ``(seed, e, s)``. So a
+restarted trainer redraws exactly what it drew before, and under data-parallel training (a
+``torch.distributed`` group of several processes, see ``workers.ddp``) every process trains
+the same subnets on the same global batches: process ``r`` of ``W`` takes rows ``r::W`` of each
+global batch, every loss is divided by the global batch's size, the gradients are summed over
+the processes, and the batch norms normalise over the global batch
+(``search_spaces.elastic.batch_norm``), so that the update is the one a single process makes
+on the whole batch. Only process 0 validates and writes the checkpoint.
 """
 
 from __future__ import annotations
@@ -15,10 +25,12 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from search_spaces import get_space
-from workers.datasets import load_dataset
+from search_spaces.elastic import data_parallel
+from workers.datasets import Splits, load_dataset
 from workers.evaluator import accuracy, recalibrate_batchnorm
 
 CHECKPOINT_NAME = "supernet.pt"
@@ -33,33 +45,48 @@ def make_optimizer(params, settings: Mapping[str, Any]) -> torch.optim.Optimizer
     return kinds[settings["name"]](params, **kwargs)
 
 
+def stored_curve(checkpoint_dir: str) -> list[dict[str, float]]:
+    """The curve values of every epoch the checkpoint in ``checkpoint_dir`` holds (memory-
+    mapped: the weights are not read)."""
+    path = Path(checkpoint_dir) / CHECKPOINT_NAME
+    return torch.load(path, map_location="cpu", weights_only=False, mmap=True)["curve"]
+
+
+def position() -> tuple[int, int]:
+    """This process's rank and the number of processes training together (``(0, 1)`` alone)."""
+    return (dist.get_rank(), dist.get_world_size()) if data_parallel() else (0, 1)
+
+
 class SupernetTrainer:
     """Trains one supernet; state lives in the checkpoint, so a restarted trainer resumes.
 
     ``training`` is the spec's plain training settings: epochs, batch_size, optimizer
     (name, lr, weight_decay), random_subnets, distillation ("inplace" or "none"), seed.
+    ``dataset`` is ``load_dataset``'s arguments, or the ``Splits`` themselves (benchmarks).
     """
 
     def __init__(
         self,
         space: Mapping[str, Any],
-        dataset: Mapping[str, Any],
+        dataset: Mapping[str, Any] | Splits,
         training: Mapping[str, Any],
         checkpoint_dir: str,
         threads: int = 1,
+        device: str = "cpu",
     ):
         torch.set_num_threads(threads)
         self.training = dict(training)
-        self.splits = load_dataset(**dataset)
+        self.splits = dataset if isinstance(dataset, Splits) else load_dataset(**dataset)
         self.space = get_space(space["name"], **space["kwargs"])
+        self.device = torch.device(device)
+        self.rank, self.world = position()
         x = self.splits.x_train
         torch.manual_seed(self.training["seed"])
-        self.supernet = self.space.build_supernet(float(x.mean()), float(x.std()))
+        self.supernet = self.space.build_supernet(float(x.mean()), float(x.std())).to(self.device)
         self.optimizer = make_optimizer(self.supernet.parameters(), self.training["optimizer"])
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             self.optimizer, T_max=self.training["epochs"]
         )
-        self.rng = np.random.default_rng(self.training["seed"])
         self.epoch = 0
         self.curve: list[dict[str, float]] = []  # each finished epoch's values, in order
         self.checkpoint = Path(checkpoint_dir) / CHECKPOINT_NAME
@@ -71,55 +98,82 @@ class SupernetTrainer:
 
         An epoch the checkpoint already holds is not trained again: its stored values come
         back. So a call retried after the worker died (Ray restarts the actor, which restores
-        the checkpoint) neither repeats an epoch nor loses one that finished unreported.
+        the checkpoint) neither repeats an epoch nor loses one that finished unreported. Under
+        data-parallel training only process 0 validates and saves; the other processes return
+        the training loss alone.
         """
         if epoch <= self.epoch:
             return self.curve[epoch - 1]
         if epoch != self.epoch + 1:
             raise ValueError(f"cannot train epoch {epoch}: the checkpoint holds {self.epoch}")
-        x = torch.from_numpy(self.splits.x_train)
-        y = torch.from_numpy(self.splits.y_train)
-        order = torch.from_numpy(self.rng.permutation(len(y)))
-        batch = self.training["batch_size"]
-        largest, smallest = self.space.max(), self.space.min()
-        self.supernet.train()
-        losses = []
-        for start in range(0, len(order), batch):
-            rows = order[start : start + batch]
-            if len(rows) < 2:  # batch norm needs two samples
-                continue
-            losses.append(self._sandwich_step(x[rows], y[rows], largest, smallest))
+        order = np.random.default_rng([self.training["seed"], epoch]).permutation(
+            len(self.splits.y_train)
+        )
+        values = {"train_loss": self.train_batches(epoch, order)}
         self.scheduler.step()
         self.epoch += 1
-        self.curve.append(
-            {
-                "train_loss": float(np.mean(losses)),
-                "val_acc/largest": self.validate(largest),
-                "val_acc/smallest": self.validate(smallest),
-            }
-        )
-        self._save()
-        return self.curve[-1]
+        if self.rank == 0:
+            values["val_acc/largest"] = self.validate(self.space.max())
+            values["val_acc/smallest"] = self.validate(self.space.min())
+        self.curve.append(values)
+        if self.rank == 0:
+            self._save()
+        return values
 
-    def _sandwich_step(self, x, y, largest, smallest) -> float:
+    def train_batches(self, epoch: int, order: np.ndarray) -> float:
+        """One sandwich step per global batch of ``batch_size`` rows of ``order``; the mean
+        loss of the largest subnet. A last batch of fewer rows than two (or than processes) is
+        left out."""
+        dtype = next(self.supernet.parameters()).dtype  # float32, unless a test asks more
+        x = torch.from_numpy(self.splits.x_train).to(dtype)
+        y = torch.from_numpy(self.splits.y_train)
+        batch = self.training["batch_size"]
+        self.supernet.train()
+        losses = []
+        for step, start in enumerate(range(0, len(order), batch)):
+            rows = torch.from_numpy(order[start : start + batch])
+            if len(rows) < max(2, self.world):  # batch norm needs two samples
+                continue
+            mine = rows[self.rank :: self.world]
+            rng = np.random.default_rng([self.training["seed"], epoch, step])
+            x_rows, y_rows = x[mine].to(self.device), y[mine].to(self.device)
+            losses.append(self._sandwich_step(x_rows, y_rows, len(rows), rng))
+        total = torch.tensor(losses, dtype=torch.float64)
+        if self.world > 1:  # each process holds its rows' share of every batch's mean loss
+            total = total.to(self.device)
+            dist.all_reduce(total)
+        return float(total.mean())
+
+    def _sandwich_step(self, x, y, rows: int, rng: np.random.Generator) -> float:
+        """``x``, ``y``: this process's share of a global batch of ``rows`` rows."""
         self.optimizer.zero_grad(set_to_none=True)
-        logits = self.supernet(x, largest)
-        loss = F.cross_entropy(logits, y)
+        logits = self.supernet(x, self.space.max())
+        loss = F.cross_entropy(logits, y, reduction="sum") / rows
         loss.backward()
         teacher = logits.detach().softmax(dim=1)
-        others = [smallest] + [
-            self.space.sample(self.rng) for _ in range(self.training["random_subnets"])
+        others = [self.space.min()] + [
+            self.space.sample(rng) for _ in range(self.training["random_subnets"])
         ]
         for config in others:
             student = self.supernet(x, config)
-            if self.training["distillation"] == "inplace":
-                student_loss = F.cross_entropy(student, teacher)
-            else:
-                student_loss = F.cross_entropy(student, y)
-            student_loss.backward()
+            target = teacher if self.training["distillation"] == "inplace" else y
+            (F.cross_entropy(student, target, reduction="sum") / rows).backward()
+        if self.world > 1:
+            self._sum_gradients()
         torch.nn.utils.clip_grad_norm_(self.supernet.parameters(), 5.0)
         self.optimizer.step()
         return loss.item()
+
+    def _sum_gradients(self) -> None:
+        """Sum every gradient over the processes, in one flat all-reduce. Every process trained
+        the same subnets, so the same parameters have gradients everywhere."""
+        grads = [p.grad for p in self.supernet.parameters() if p.grad is not None]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
 
     def validate(self, config: Mapping[str, int]) -> float:
         """Validation accuracy of a subnet after batch-norm recalibration (supernet untouched)."""
@@ -138,7 +192,6 @@ class SupernetTrainer:
             "scheduler": self.scheduler.state_dict(),
             "epoch": self.epoch,
             "curve": self.curve,
-            "rng": self.rng.bit_generator.state,
         }
         tmp = self.checkpoint.with_suffix(".tmp")
         torch.save(state, tmp)
@@ -151,4 +204,3 @@ class SupernetTrainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch = state["epoch"]
         self.curve = state["curve"]
-        self.rng.bit_generator.state = state["rng"]
