@@ -75,8 +75,10 @@ def fit(trainer: TorchTrainer) -> None:
     try:
         trainer.fit()
     except TrainingFailedError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        raise DataParallelError(f"data-parallel training failed: {first}") from error
+        # Ray's message ends with the worker's exception line, after its traceback
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        cause = lines[-1] if lines else type(error).__name__
+        raise DataParallelError(f"data-parallel training failed: {cause}") from error
 
 
 def train_epoch(config: dict[str, Any]) -> None:
