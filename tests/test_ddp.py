@@ -80,7 +80,9 @@ def test_two_workers_make_one_workers_updates(tmp_path: Path) -> None:
     torch.testing.assert_close(two["state"], one["state"], rtol=1e-9, atol=1e-10)
     assert two["loss"] == pytest.approx(one["loss"], rel=1e-9)
     start = SupernetTrainer(space_data(), DATASET, TRAINING, str(tmp_path / "none")).supernet
-    moved = [k for k, v in start.state_dict().items() if not torch.equal(v, one["state"][k].float())]
+    moved = [
+        k for k, v in start.state_dict().items() if not torch.equal(v, one["state"][k].float())
+    ]
     assert len(moved) > 0.9 * len(one["state"])  # the steps did train
 
 
@@ -96,11 +98,11 @@ def train_workers() -> list[psutil.Process]:
 def test_a_killed_worker_resumes_from_the_checkpoint_and_each_epoch_is_stored_once(
     tmp_path: Path,
 ) -> None:
-    epochs = 3
+    epochs = 2
     spec = tiny_spec(name="ddp")
     spec["training"].update(
         epochs=epochs,
-        batch_size=64,
+        batch_size=128,
         workers=2,
         cpus=1,
         early_stopping={"min_finished": 2},  # too few runs to stop: the rule falls back
@@ -125,7 +127,7 @@ def test_a_killed_worker_resumes_from_the_checkpoint_and_each_epoch_is_stored_on
         while thread.is_alive() and killed is None:
             assert time.monotonic() < deadline, "timed out waiting for epoch 2's workers"
             runs = store.training_runs(job.id)
-            busy = [p for p in train_workers() if p.cpu_times().user > 4.0]
+            busy = [p for p in train_workers() if p.cpu_times().user > 3.0]
             if runs and runs[0].epochs_done == 1 and len(busy) == 2:  # epoch 2 is training
                 killed = busy[-1].pid
                 os.kill(killed, signal.SIGKILL)
@@ -142,7 +144,7 @@ def test_a_killed_worker_resumes_from_the_checkpoint_and_each_epoch_is_stored_on
     assert sorted((p.epoch, p.name) for p in curve) == sorted(
         (e, n) for e in range(1, epochs + 1) for n in names
     )
-    assert [d.epoch for d in decisions] == [1, 2]  # judged after every epoch but the last
+    assert [d.epoch for d in decisions] == [1]  # judged after every epoch but the last
     assert not any(d.stop for d in decisions)
     stored = torch.load(run.checkpoint_path, weights_only=False)
     assert stored["epoch"] == epochs and len(stored["curve"]) == epochs
