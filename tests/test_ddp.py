@@ -151,3 +151,28 @@ def test_a_killed_worker_resumes_from_the_checkpoint_and_each_epoch_is_stored_on
     by_epoch = {(p.epoch, p.name): p.value for p in curve}
     for epoch, values in enumerate(stored["curve"], start=1):
         assert all(by_epoch[(epoch, n)] == pytest.approx(values[n]) for n in names)
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"workers": 0}, "training.workers: Input should be greater than or equal to 1"),
+        ({"resources_per_worker": {"CPU": 2}}, "give the CPUs of each worker as 'cpus'"),
+        ({"resources_per_worker": {"GPU": 0.5}}, "GPU=0.5 must be a whole number"),
+        ({"resources_per_worker": {"fpga": -1}}, "resource fpga=-1.0 must not be negative"),
+        ({"workers": 4, "batch_size": 3}, "batch_size=3 must give each of the 4 workers a row"),
+    ],
+)
+def test_bad_worker_settings_are_named(change: dict, expected: str) -> None:
+    spec = tiny_spec()
+    spec["training"].update(change)
+    with pytest.raises(Exception, match=expected.replace("(", r"\(")):
+        parse_spec(spec)
+
+
+def test_worker_resources_hold_the_cpus_and_the_rest() -> None:
+    spec = tiny_spec()
+    spec["training"].update(cpus=3, workers=2, resources_per_worker={"GPU": 1, "fast": 1})
+    training = parse_spec(spec).training
+    assert training.worker_resources() == {"CPU": 3, "GPU": 1, "fast": 1}
+    assert training.gpus == 1
