@@ -157,6 +157,7 @@ def markdown(result: dict[str, Any]) -> str:
         f" {setup['warmup']} warm-up steps. Start-up: one `fit()` besides its training loop"
         " (worker group, process group, building the supernet), paid once per epoch by the"
         " controller with `workers > 1`. Efficiency: rate(w) / (w x rate(1)).",
+        *(["", f"Note: {setup['note']}"] if setup.get("note") else []),
         "",
         "| workers | images/s | per worker | efficiency | step ms | start-up s |",
         "|---|---|---|---|---|---|",
@@ -186,6 +187,7 @@ def main() -> None:
     parser.add_argument("--random-subnets", type=int, default=2)
     parser.add_argument("--cpus", type=int, default=2, help="CPUs per worker")
     parser.add_argument("--tag", default="local")
+    parser.add_argument("--note", default="", help="a line about the host, put in the results")
     args = parser.parse_args()
     available = torch.cuda.device_count() if args.device == "cuda" else 1
     workers = args.workers or [2**i for i in range(8) if 2**i <= max(available, 1)]
@@ -210,6 +212,7 @@ def main() -> None:
             "warmup": args.warmup,
             "random_subnets": args.random_subnets,
             "cpus_per_worker": args.cpus,
+            "note": args.note,
         },
         "rows": rows,
     }

@@ -6,6 +6,7 @@ Both tests share the session's local Ray instance (two CPUs: two workers of one 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -86,13 +87,16 @@ def test_two_workers_make_one_workers_updates(tmp_path: Path) -> None:
     assert len(moved) > 0.9 * len(one["state"])  # the steps did train
 
 
-def train_workers() -> list[psutil.Process]:
-    """The Ray Train worker processes on this host, by the title Ray gives them."""
-    return [
-        p
-        for p in psutil.process_iter(["cmdline"])
-        if p.info["cmdline"] and " ".join(p.info["cmdline"]).startswith("ray::RayTrainWorker")
-    ]
+def training_workers(cpu_s: float) -> list[int]:
+    """The Ray Train worker processes on this host (by the title Ray gives them) that have
+    spent ``cpu_s`` seconds of CPU: past their imports, training."""
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        if p.info["cmdline"] and " ".join(p.info["cmdline"]).startswith("ray::RayTrainWorker"):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if p.cpu_times().user > cpu_s:
+                    found.append(p.pid)
+    return found
 
 
 def test_a_killed_worker_resumes_from_the_checkpoint_and_each_epoch_is_stored_once(
@@ -127,9 +131,9 @@ def test_a_killed_worker_resumes_from_the_checkpoint_and_each_epoch_is_stored_on
         while thread.is_alive() and killed is None:
             assert time.monotonic() < deadline, "timed out waiting for epoch 2's workers"
             runs = store.training_runs(job.id)
-            busy = [p for p in train_workers() if p.cpu_times().user > 3.0]
+            busy = training_workers(cpu_s=3.0)
             if runs and runs[0].epochs_done == 1 and len(busy) == 2:  # epoch 2 is training
-                killed = busy[-1].pid
+                killed = busy[-1]
                 os.kill(killed, signal.SIGKILL)
             time.sleep(0.2)
         thread.join(timeout=240)
