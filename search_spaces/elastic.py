@@ -158,17 +158,18 @@ def batch_norm(
     c = x.shape[1]
     axes = [0, *range(2, x.dim())]
     shape = (1, c) + (1,) * (x.dim() - 2)
-    count = torch.full((1,), x.numel() // c, dtype=x.dtype, device=x.device)
-    totals = _SumOverProcesses.apply(torch.cat([x.sum(axes), count]))
+    wide = x.to(torch.promote_types(x.dtype, torch.float32))  # half precision sums badly
+    count = torch.full((1,), x.numel() // c, dtype=wide.dtype, device=x.device)
+    totals = _SumOverProcesses.apply(torch.cat([wide.sum(axes), count]))
     n = totals[-1].detach()
     mean = totals[:c] / n
-    centred = x - mean.view(shape)  # two passes, as F.batch_norm: no cancellation in E[x²]-m²
+    centred = wide - mean.view(shape)  # two passes, as F.batch_norm: no cancellation
     var = _SumOverProcesses.apply((centred * centred).sum(axes)) / n
     with torch.no_grad():
-        running_mean.lerp_(mean.detach(), momentum)
-        running_var.lerp_(var.detach() * n / (n - 1), momentum)
+        running_mean.lerp_(mean.detach().to(running_mean.dtype), momentum)
+        running_var.lerp_((var.detach() * n / (n - 1)).to(running_var.dtype), momentum)
     scale = weight * torch.rsqrt(var + eps)
-    return centred * scale.view(shape) + bias.view(shape)
+    return (centred * scale.view(shape) + bias.view(shape)).to(x.dtype)
 
 
 class ElasticLinear(nn.Module):

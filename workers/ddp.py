@@ -17,8 +17,10 @@ Why not one long ``fit()`` streaming epoch results to the controller through an 
 controller would have to stop and resume the group on the stopping rule's word, tell a retried
 epoch from a new one, and keep the group and the database in step across controller restarts;
 a group per epoch keeps all of that in the checkpoint. The price is the group's start-up
-(processes, process group, dataset, supernet) once per epoch: see
-``benchmarks/results/ddp_throughput_*.md``, a few seconds, small against an epoch of real data.
+(Ray Train's controller, the worker processes and their imports, the process group, dataset,
+supernet and checkpoint) once per epoch: ``benchmarks/results/ddp_throughput_*.md`` measures
+it; 15 to 17 s on an overloaded 2-core development machine, small against an epoch of real
+data, large against an epoch of a toy dataset (which one worker trains better anyway).
 
 Ray Train writes its run state under ``storage``, a local directory beside the checkpoint
 (nothing leaves the machine; on a cluster it must be shared, as the checkpoint itself is).
