@@ -42,7 +42,7 @@ from nas.trials import (
 from search_spaces import Config, SearchSpace
 from workers.datasets import load_dataset
 from workers.evaluator import evaluate_configs
-from workers.trainer import SupernetTrainer
+from workers.trainer import CHECKPOINT_NAME, SupernetTrainer
 
 #: What the evaluator measures of every subnet, besides latency per hardware target.
 SUBNET_METRICS = ("accuracy", "test_accuracy", "macs", "params")
@@ -166,29 +166,16 @@ class Controller:
         self.checkpoint = self._best_run().checkpoint_path
 
     def _train_run(self, run: TrainingRunRecord, name: str, judge: CurveJudge | None) -> None:
-        """Train one run epoch by epoch as a Ray actor; the rule may stop it after any epoch."""
+        """Train one run epoch by epoch; the rule may stop it after any epoch."""
         training = self.spec.training
-        # a trainer whose process dies is restarted from its checkpoint and the pending epoch
-        # asked again (``run_epoch`` is idempotent); only repeated deaths fail the job
-        actor_class = ray.remote(
-            num_cpus=training.cpus,
-            num_gpus=1 if training.device == "cuda" else 0,
-            max_restarts=WORKER_RETRIES,
-            max_task_retries=WORKER_RETRIES,
-        )(SupernetTrainer)
-        trainer = actor_class.remote(
-            self.space_data,
-            self.spec.dataset_kwargs(),
-            run.hparams,
-            str(self.artifacts / f"run-{run.id}"),
-            training.cpus,
-        )
+        checkpoint_dir = str(self.artifacts / f"run-{run.id}")
+        checkpoint = str(Path(checkpoint_dir) / CHECKPOINT_NAME)
+        run_epoch, close = self._trainer(run, checkpoint_dir)
         try:
-            checkpoint = self._get(trainer.checkpoint_path.remote())
             # from the database's count, not the checkpoint's: an epoch checkpointed by a
             # controller that died before storing it comes back from the checkpoint
             for epoch in range(run.epochs_done + 1, training.epochs + 1):
-                values = self._get(trainer.run_epoch.remote(epoch))
+                values = run_epoch(epoch)
                 self.store.add_curve_points(run.id, epoch, values)
                 self.store.update_training_run(
                     run.id, epochs_done=epoch, checkpoint_path=checkpoint
@@ -202,8 +189,45 @@ class Controller:
                     self.store.update_training_run(run.id, status="stopped")
                     return
         finally:
-            ray.kill(trainer)
+            close()
         self.store.update_training_run(run.id, status="done", checkpoint_path=checkpoint)
+
+    def _trainer(
+        self, run: TrainingRunRecord, checkpoint_dir: str
+    ) -> tuple[Callable[[int], dict[str, float]], Callable[[], None]]:
+        """``run_epoch(epoch)`` of the run's trainer, and how to release it.
+
+        One worker trains in a Ray actor; several train data-parallel on Ray Train
+        (``workers.ddp``, imported only then). Either way a trainer process that dies is
+        restarted from the checkpoint and the pending epoch trained again (``run_epoch`` is
+        idempotent); only repeated deaths fail the job.
+        """
+        training = self.spec.training
+        args = (self.space_data, self.spec.dataset_kwargs(), run.hparams, checkpoint_dir)
+        if training.workers > 1:
+            from workers.ddp import DataParallelError, DataParallelTrainer
+
+            trainer = DataParallelTrainer(
+                *args, training.workers, training.worker_resources(), WORKER_RETRIES
+            )
+
+            def run_epoch(epoch: int) -> dict[str, float]:
+                try:
+                    return trainer.run_epoch(epoch)
+                except DataParallelError as error:
+                    raise ClusterError(str(error)) from error
+
+            return run_epoch, lambda: None
+        resources = training.worker_resources()
+        actor_class = ray.remote(
+            num_cpus=resources.pop("CPU"),
+            num_gpus=resources.pop("GPU", 0),
+            resources=resources,
+            max_restarts=WORKER_RETRIES,
+            max_task_retries=WORKER_RETRIES,
+        )(SupernetTrainer)
+        actor = actor_class.remote(*args, training.cpus, training.device)
+        return lambda epoch: self._get(actor.run_epoch.remote(epoch)), lambda: ray.kill(actor)
 
     def _judge(self, run: TrainingRunRecord, epoch: int, judge: CurveJudge) -> bool:
         """Store the rule's decision on ``run`` after ``epoch``; whether it stops the run."""

@@ -147,18 +147,50 @@ class TrainingSpec(Strict):
     sampling: Literal["sandwich"] = "sandwich"
     random_subnets: int = Field(2, ge=0)
     distillation: Literal["inplace", "none"] = "inplace"
+    #: CPUs of each training process (its torch threads).
     cpus: int = Field(1, ge=1)
     #: Where the supernet trains; ``cuda`` asks Ray for one GPU and trains with bf16 autocast
     #: (channels-last for images).
     device: Literal["cpu", "cuda"] = "cpu"
     #: Compile each elastic block with ``torch.compile`` (dynamic sizes); off by default.
     compile: bool = False
+    #: Data-parallel training processes (Ray Train workers, gloo on CPUs, NCCL on GPUs); one
+    #: trains in a plain Ray actor. Each takes ``batch_size / workers`` rows of every batch.
+    workers: int = Field(1, ge=1)
+    #: Each process's Ray resources besides its ``cpus`` and, with ``device: cuda``, its one
+    #: GPU: custom resources that route training to matching nodes, e.g. ``{trainer_node: 1}``.
+    resources_per_worker: dict[str, float] = Field(default_factory=dict)
     #: Supernet training runs; with more than one, each samples ``tune`` with Optuna's
     #: ``sampler`` and the best finished run's supernet is profiled and searched.
     trials: int = Field(1, ge=1)
     tune: dict[str, RangeSpec] = Field(default_factory=dict)
     sampler: Literal["tpe", "random"] = "tpe"
     early_stopping: EarlyStoppingSpec | None = None
+
+    @field_validator("resources_per_worker")
+    @classmethod
+    def resources_valid(cls, resources: dict[str, float]) -> dict[str, float]:
+        for name, amount in resources.items():
+            if name == "CPU":
+                raise ValueError("give the CPUs of each worker as 'cpus', not in resources")
+            if name == "GPU":
+                raise ValueError("set 'device: cuda' instead: each worker then takes one GPU")
+            if amount < 0:
+                raise ValueError(f"resource {name}={amount} must not be negative")
+        return resources
+
+    def worker_resources(self) -> dict[str, float]:
+        """Each training process's Ray resources: ``{"CPU": cpus, "GPU": 1 on cuda, ...}``."""
+        gpu = {"GPU": 1.0} if self.device == "cuda" else {}
+        return {"CPU": self.cpus, **gpu, **self.resources_per_worker}
+
+    @model_validator(mode="after")
+    def batch_covers_workers(self) -> TrainingSpec:
+        if self.batch_size < self.workers:
+            raise ValueError(
+                f"batch_size={self.batch_size} must give each of the {self.workers} workers a row"
+            )
+        return self
 
     @model_validator(mode="after")
     def tune_known(self) -> TrainingSpec:

@@ -250,7 +250,7 @@ class Cnn1dSupernet(Supernet):
         self.register_buffer("input_mean", torch.tensor(float(input_mean)))
         self.register_buffer("input_std", torch.tensor(float(input_std)))
         self.stem = nn.Conv1d(1, STEM_WIDTH, STEM_KERNEL, 1, STEM_KERNEL // 2, bias=False)
-        self.stem_bn = nn.BatchNorm1d(STEM_WIDTH)
+        self.stem_bn = ElasticBatchNorm(STEM_WIDTH)
         largest = space.max()
         stages, channels = [], STEM_WIDTH
         for s in range(1, len(STAGE_WIDTHS) + 1):
@@ -277,7 +277,7 @@ class Cnn1dSupernet(Supernet):
         arch = self.space.arch(config, self.input_mean.item(), self.input_std.item())
         net = Cnn1dNet(arch)
         net.stem.load_state_dict(self.stem.state_dict())
-        net.stem_bn.load_state_dict(self.stem_bn.state_dict())
+        self.stem_bn.copy_to(net.stem_bn)
         for stage, static_stage in zip(self.stages, net.stages, strict=True):
             for block, static_block in zip(stage, static_stage, strict=False):
                 block.copy_to(static_block)

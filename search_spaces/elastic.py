@@ -3,11 +3,16 @@
 Each layer takes its active size as an argument of ``forward`` (nothing is stored on the
 module between calls) and can copy its active slice into a plain ``torch.nn`` layer with
 ``copy_to``, which is how subnets are extracted.
+
+Every batch norm of a supernet is an ``ElasticBatchNorm`` (at full width where the width does
+not change), so that data-parallel training, which normalises over the global batch, reaches
+all of them.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -91,7 +96,8 @@ class ElasticBatchNorm(nn.Module):
 
     In training mode the running statistics of the active channels are updated in place; they
     are only a rough guide for subnets, which is why subnets are recalibrated before they are
-    evaluated.
+    evaluated. Under data-parallel training (``batch_norm``) the statistics are those of the
+    global batch.
     """
 
     def __init__(self, max_features: int, momentum: float = 0.1, eps: float = 1e-5):
@@ -105,7 +111,7 @@ class ElasticBatchNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         c = x.shape[1]
-        return F.batch_norm(
+        return batch_norm(
             x,
             self.running_mean[:c],
             self.running_var[:c],
@@ -123,6 +129,65 @@ class ElasticBatchNorm(nn.Module):
             bn.bias.copy_(self.bias[:c])
             bn.running_mean.copy_(self.running_mean[:c])
             bn.running_var.copy_(self.running_var[:c])
+
+
+def data_parallel() -> bool:
+    """Whether this process is one of several in an initialised ``torch.distributed`` group."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+class _SumOverProcesses(torch.autograd.Function):
+    """An all-reduced sum whose gradient is the all-reduced sum of the gradients: every
+    process's loss depends on every process's input through the sum."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+def batch_norm(
+    x: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    training: bool,
+    momentum: float,
+    eps: float,
+) -> Tensor:
+    """``F.batch_norm``, except that in training mode under data-parallel training the batch
+    statistics are those of the global batch: every process's per-channel sums and counts,
+    then its sums of squared deviations from the global mean, are all-reduced (differentiably,
+    so that each process's gradient also flows through the other processes' rows). The result
+    equals one process normalising the whole global batch, up to float rounding. Every process
+    must call it for the same layers in the same order, which the same sampled subnet on every
+    process guarantees.
+    """
+    if not training or not data_parallel():
+        return F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
+    c = x.shape[1]
+    axes = [0, *range(2, x.dim())]
+    shape = (1, c) + (1,) * (x.dim() - 2)
+    wide = x.to(torch.promote_types(x.dtype, torch.float32))  # half precision sums badly
+    count = torch.full((1,), x.numel() // c, dtype=wide.dtype, device=x.device)
+    totals = _SumOverProcesses.apply(torch.cat([wide.sum(axes), count]))
+    n = totals[-1].detach()
+    mean = totals[:c] / n
+    centred = wide - mean.view(shape)  # two passes, as F.batch_norm: no cancellation
+    var = _SumOverProcesses.apply((centred * centred).sum(axes)) / n
+    with torch.no_grad():
+        running_mean.lerp_(mean.detach().to(running_mean.dtype), momentum)
+        running_var.lerp_((var.detach() * n / (n - 1)).to(running_var.dtype), momentum)
+    scale = weight * torch.rsqrt(var + eps)
+    return (centred * scale.view(shape) + bias.view(shape)).to(x.dtype)
 
 
 class ElasticLinear(nn.Module):

@@ -1,0 +1,181 @@
+"""Data-parallel supernet training on Ray Train: two gloo workers make one worker's updates,
+and a run that loses a worker mid-epoch resumes from its checkpoint with each epoch stored once.
+
+Both tests share the session's local Ray instance (two CPUs: two workers of one CPU each).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import torch
+
+from nas.controller import Controller
+from nas.spec import parse_spec
+from nas.store import Store
+from search_spaces import get_space
+from tests.conftest import tiny_spec
+from workers.datasets import load_dataset
+from workers.ddp import fit, torch_trainer
+from workers.trainer import SupernetTrainer
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+
+DATASET = {"name": "digits"}
+TRAINING = {
+    "epochs": 2,
+    "batch_size": 64,
+    "optimizer": {"name": "adamw", "lr": 0.01, "weight_decay": 1e-4},
+    "random_subnets": 1,
+    "distillation": "inplace",
+    "seed": 3,
+}
+STEPS = 5
+
+
+def space_data() -> dict:
+    splits = load_dataset(**DATASET)
+    space = get_space("cnn1d", input_length=splits.input_length, num_classes=splits.num_classes)
+    return {"name": space.name, "kwargs": space.describe()}
+
+
+def train_steps(config: dict) -> dict[str, torch.Tensor]:
+    """``STEPS`` global batches of epoch 1 in float64 (float32 rounding, amplified by batch
+    norms of nearly constant channels, would hide the comparison); worker 0 saves the weights.
+    Every worker's loop, and the one-process reference."""
+    torch.set_default_dtype(torch.float64)
+    try:
+        trainer = SupernetTrainer(space_data(), DATASET, TRAINING, config["checkpoint_dir"])
+        order = np.random.default_rng(0).permutation(len(trainer.splits.y_train))
+        loss = trainer.train_batches(1, order[: STEPS * TRAINING["batch_size"]])
+    finally:
+        torch.set_default_dtype(torch.float32)
+    state = {k: v.detach().clone() for k, v in trainer.supernet.state_dict().items()}
+    if trainer.rank == 0 and "out" in config:
+        torch.save({"state": state, "loss": loss, "world": trainer.world}, config["out"])
+    return {"state": state, "loss": loss}
+
+
+def train_steps_loop(config: dict) -> None:
+    """``train_steps`` as a Ray Train loop (which must not return tensors)."""
+    train_steps(config)
+
+
+def test_two_workers_make_one_workers_updates(tmp_path: Path) -> None:
+    out = tmp_path / "two.pt"
+    config = {"checkpoint_dir": str(tmp_path / "none"), "out": str(out)}
+    loop, storage = train_steps_loop, tmp_path / "ray-train"
+    fit(torch_trainer(loop, config, 2, {"CPU": 1}, storage, "steps"))
+    two = torch.load(out, weights_only=False)
+    one = train_steps({"checkpoint_dir": str(tmp_path / "none")})
+    assert two["world"] == 2
+    assert two["state"].keys() == one["state"].keys()
+    torch.testing.assert_close(two["state"], one["state"], rtol=1e-9, atol=1e-10)
+    assert two["loss"] == pytest.approx(one["loss"], rel=1e-9)
+    start = SupernetTrainer(space_data(), DATASET, TRAINING, str(tmp_path / "none")).supernet
+    moved = [
+        k for k, v in start.state_dict().items() if not torch.equal(v, one["state"][k].float())
+    ]
+    assert len(moved) > 0.9 * len(one["state"])  # the steps did train
+
+
+def training_workers(cpu_s: float) -> list[int]:
+    """The Ray Train worker processes on this host (by the title Ray gives them) that have
+    spent ``cpu_s`` seconds of CPU: past their imports, training."""
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        if p.info["cmdline"] and " ".join(p.info["cmdline"]).startswith("ray::RayTrainWorker"):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if p.cpu_times().user > cpu_s:
+                    found.append(p.pid)
+    return found
+
+
+def test_a_killed_worker_resumes_from_the_checkpoint_and_each_epoch_is_stored_once(
+    tmp_path: Path,
+) -> None:
+    epochs = 2
+    spec = tiny_spec(name="ddp")
+    spec["training"].update(
+        epochs=epochs,
+        batch_size=128,
+        workers=2,
+        cpus=1,
+        early_stopping={"min_finished": 2},  # too few runs to stop: the rule falls back
+    )
+    parsed = parse_spec(spec)
+    db = f"sqlite:///{tmp_path / 'nas.db'}"
+    with Store(db) as store:
+        job = store.create_job("ddp", parsed.model_dump(mode="json"))
+        controller = Controller(store, job.id, tmp_path / "artifacts")
+        errors: list[BaseException] = []
+
+        def train() -> None:
+            try:
+                controller.train()
+            except BaseException as error:  # re-raised in the test's thread
+                errors.append(error)
+
+        thread = threading.Thread(target=train)
+        thread.start()
+        killed = None
+        deadline = time.monotonic() + 150
+        while thread.is_alive() and killed is None:
+            assert time.monotonic() < deadline, "timed out waiting for epoch 2's workers"
+            runs = store.training_runs(job.id)
+            busy = training_workers(cpu_s=3.0)
+            if runs and runs[0].epochs_done == 1 and len(busy) == 2:  # epoch 2 is training
+                killed = busy[-1]
+                os.kill(killed, signal.SIGKILL)
+            time.sleep(0.2)
+        thread.join(timeout=240)
+        assert not thread.is_alive(), "training did not finish"
+        assert not errors, errors
+        assert killed is not None, "no worker was killed: the run finished first"
+        [run] = store.training_runs(job.id)
+        curve = store.curve(run.id)
+        decisions = store.stop_decisions(job.id)
+    assert run.status == "done" and run.epochs_done == epochs
+    names = ("train_loss", "val_acc/largest", "val_acc/smallest")
+    assert sorted((p.epoch, p.name) for p in curve) == sorted(
+        (e, n) for e in range(1, epochs + 1) for n in names
+    )
+    assert [d.epoch for d in decisions] == [1]  # judged after every epoch but the last
+    assert not any(d.stop for d in decisions)
+    stored = torch.load(run.checkpoint_path, weights_only=False)
+    assert stored["epoch"] == epochs and len(stored["curve"]) == epochs
+    by_epoch = {(p.epoch, p.name): p.value for p in curve}
+    for epoch, values in enumerate(stored["curve"], start=1):
+        assert all(by_epoch[(epoch, n)] == pytest.approx(values[n]) for n in names)
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"workers": 0}, "training.workers: Input should be greater than or equal to 1"),
+        ({"resources_per_worker": {"CPU": 2}}, "give the CPUs of each worker as 'cpus'"),
+        ({"resources_per_worker": {"GPU": 1}}, "set 'device: cuda' instead"),
+        ({"resources_per_worker": {"fpga": -1}}, "resource fpga=-1.0 must not be negative"),
+        ({"workers": 4, "batch_size": 3}, "batch_size=3 must give each of the 4 workers a row"),
+    ],
+)
+def test_bad_worker_settings_are_named(change: dict, expected: str) -> None:
+    spec = tiny_spec()
+    spec["training"].update(change)
+    with pytest.raises(Exception, match=expected.replace("(", r"\(")):
+        parse_spec(spec)
+
+
+def test_worker_resources_hold_the_cpus_and_the_rest() -> None:
+    spec = tiny_spec()
+    spec["training"].update(cpus=3, workers=2, device="cuda", resources_per_worker={"fast": 1})
+    training = parse_spec(spec).training
+    assert training.worker_resources() == {"CPU": 3, "GPU": 1, "fast": 1}
