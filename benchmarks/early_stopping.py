@@ -51,14 +51,14 @@ TARGETS = {"epochs_fraction": 0.35, "p_best_kept": 0.95, "top3_recall": 0.90}
 COVERAGE = (0.85, 0.95)
 DEFAULT = RuleSettings()
 GRID = [
-    replace(DEFAULT, threshold=0.02),
+    replace(DEFAULT, threshold=0.03),
     DEFAULT,
-    replace(DEFAULT, threshold=0.15),
-    replace(DEFAULT, threshold=0.3),
-    replace(DEFAULT, tolerance=0.0),
+    replace(DEFAULT, threshold=0.1),
+    replace(DEFAULT, threshold=0.2),
+    replace(DEFAULT, decay=0.0),
     replace(DEFAULT, fallback_keep=0.5, patience=3),
-    replace(DEFAULT, threshold=0.2, min_finished=5, fallback_keep=0.3),
-    replace(DEFAULT, threshold=0.4, patience=1, min_finished=5, fallback_keep=0.3),
+    replace(DEFAULT, threshold=0.3, min_finished=5, fallback_keep=0.3),
+    replace(DEFAULT, threshold=0.5, patience=1, min_finished=5, fallback_keep=0.3),
 ]
 FIGURES = ("epochs_fraction", "p_best_kept", "top3_recall", "mean_regret")
 
@@ -164,8 +164,8 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"## Our defaults on every file ({label_all(result['defaults'])})",
         "",
-        "The same settings on every file. They were picked on 20-order replays of both files "
-        "(seed 0, the first orders replayed here); the generalisation table below shows what "
+        "The same settings on every file. They were picked on 20- and 30-order replays of both "
+        "files (seed 0, the first orders replayed here); the generalisation table below shows what "
         "tuning on one file alone picks and how that does on the other.",
         "",
         "| file | epochs | P(best kept) | top-3 recall | mean regret | coverage | "

@@ -198,6 +198,19 @@ def test_rule_patience_needs_consecutive_low_probabilities(fitted) -> None:
     assert StoppingRule(predictor, patience=2).decide(bad, {}, finals).stop
 
 
+def test_threshold_shrinks_as_the_run_gets_on(fitted) -> None:
+    predictor, finals = fitted
+    rule = StoppingRule(predictor, threshold=0.1)  # decay=1 by default
+    assert rule.threshold_at(2) == pytest.approx(0.1 * (1 - 2 / EPOCHS))
+    assert rule.threshold_at(EPOCHS - 1) == pytest.approx(0.1 / EPOCHS)
+    assert StoppingRule(predictor, threshold=0.1, decay=0.0).threshold_at(EPOCHS - 1) == 0.1
+    assert StoppingRule(threshold=0.1).threshold_at(5) == 0.1  # no predictor, no horizon
+    # a middling run: stopped early at a fixed threshold, judged by the shrunk one late on
+    curve = synthetic_run(np.random.default_rng(7), quality=0.8, speed=3.0)
+    late = StoppingRule(predictor, threshold=0.5, patience=1).decide(curve[:18], {}, finals)
+    assert late.reason.endswith(f"{0.5 * (1 - 18 / EPOCHS):.3g} (top 3 of 30 finished runs)")
+
+
 def test_rule_in_min_mode_stops_a_high_loss() -> None:
     curves, configs = synthetic_runs(30, seed=4)
     losses = [[1 - v for v in c] for c in curves]

@@ -691,11 +691,14 @@ class StoppingRule:
 
     under the predictor's calibrated distribution: "stop when the chance that this run ends
     above the current ``k``-th best (less ``tolerance``) is below ``threshold``, and has been
-    for ``patience`` epochs in a row". "Above" means by at least one step of a quantised
-    metric (``CurvePrediction``): tying the ``k``-th best does not change the top ``k``. With
-    fewer than ``k`` finished runs the bar is the worst finished final. ``patience`` guards
-    against one noisy reading: a run is judged every epoch, and one low probability among many
-    readings is to be expected even of a good run.
+    for ``patience`` epochs in a row". The threshold shrinks as the run gets on,
+    ``threshold * (1 - decay * t / T)`` (``threshold_at``): a late stop saves few epochs for
+    the same risk of losing a winner, and a run is judged every epoch, so a good run's
+    probability dipping once below a fixed threshold late on is to be expected. "Above" means
+    by at least one step of a quantised metric (``CurvePrediction``): tying the ``k``-th best
+    does not change the top ``k``. With fewer than ``k`` finished runs the bar is the worst
+    finished final. ``patience`` guards against one noisy reading: a run is judged every
+    epoch, and one low probability among many readings is to be expected even of a good run.
 
     Before ``min_finished`` runs have finished (or with no fitted predictor) the rank rule
     ``fallback`` decides: stop when, at each of the last ``patience`` epochs, the run's value is
@@ -724,6 +727,7 @@ class StoppingRule:
         min_finished: int = 10,
         fallback_keep: float = 1.0,
         fallback_peers: int = 5,
+        decay: float = 1.0,
     ):
         self.predictor = predictor
         self.mode = mode
@@ -735,6 +739,7 @@ class StoppingRule:
         self.min_finished = min_finished
         self.fallback_keep = fallback_keep
         self.fallback_peers = fallback_peers
+        self.decay = decay
 
     def validate(self) -> None:
         """Checks the settings; ``decide`` calls it. Errors name the setting and its value."""
@@ -749,6 +754,8 @@ class StoppingRule:
             raise ValueError(f"tolerance must be >= 0, got tolerance={self.tolerance}")
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got threshold={self.threshold}")
+        if not 0.0 <= self.decay <= 1.0:
+            raise ValueError(f"decay must be in [0, 1], got decay={self.decay}")
         if not 0.0 < self.fallback_keep <= 1.0:
             raise ValueError(
                 f"fallback_keep must be in (0, 1], got fallback_keep={self.fallback_keep}"
@@ -829,6 +836,14 @@ class StoppingRule:
             and t < predictor.horizon_
         )
 
+    def threshold_at(self, t: int) -> float:
+        """``threshold`` at epoch ``t`` of ``T``: ``threshold * (1 - decay * t / T)``. A late
+        stop saves few epochs, for the same risk of losing a run that would have won."""
+        horizon = getattr(self.predictor, "horizon_", None)
+        if not self.decay or not horizon:
+            return self.threshold
+        return self.threshold * (1.0 - self.decay * t / horizon)
+
     def bar(self, finished_finals: Sequence[float]) -> float:
         """The value a run must reach: ``k``-th best finished final, minus ``tolerance``."""
         sign = 1.0 if self.mode == "max" else -1.0
@@ -846,10 +861,11 @@ class StoppingRule:
         probabilities = [
             p.prob_above(bar) if above else p.prob_below(bar) for p in recent[: self.patience]
         ]
+        threshold = self.threshold_at(t)
         stop = (
             t >= self.min_epochs
             and len(probabilities) == self.patience
-            and max(probabilities) < self.threshold
+            and max(probabilities) < threshold
         )
         prediction, probability = recent[0], probabilities[0]
         return StopDecision(
@@ -861,7 +877,7 @@ class StoppingRule:
             probability=probability,
             reason=(
                 f"{'stop' if stop else 'continue'}: P(final {'>' if above else '<'} "
-                f"{bar:.4g}) = {probability:.3f} {'<' if stop else '>='} {self.threshold}"
+                f"{bar:.4g}) = {probability:.3f} {'<' if stop else '>='} {threshold:.3g}"
                 f"{f' for {self.patience} epochs' if stop and self.patience > 1 else ''}"
                 f" (top {self.k} of {len(finished_finals)} finished runs)"
             ),

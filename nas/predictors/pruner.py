@@ -49,6 +49,7 @@ class LearningCurvePruner(BasePruner):
         min_finished: int = 10,
         fallback_keep: float = 1.0,
         fallback_peers: int = 5,
+        decay: float = 1.0,
         bounds: tuple[float, float] | None = None,
         make_predictor: Callable[[], LearningCurvePredictor] | None = None,
         on_decision: Callable[[FrozenTrial, StopDecision], None] | None = None,
@@ -65,6 +66,7 @@ class LearningCurvePruner(BasePruner):
             "min_finished": min_finished,
             "fallback_keep": fallback_keep,
             "fallback_peers": fallback_peers,
+            "decay": decay,
         }
         StoppingRule(**self.settings).validate()
         self.bounds = bounds

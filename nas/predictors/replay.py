@@ -260,6 +260,7 @@ class RuleSettings:
     min_finished: int = 10
     fallback_keep: float = 1.0
     fallback_peers: int = 5
+    decay: float = 1.0
 
     def rule(self, predictor: LearningCurvePredictor | None, mode: str) -> StoppingRule:
         return StoppingRule(predictor, mode=mode, **asdict(self))  # type: ignore[arg-type]
