@@ -68,6 +68,10 @@ def label(settings: RuleSettings) -> str:
     return ", ".join(f"{k}={v}" for k, v in changed.items()) or "defaults"
 
 
+def fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def label_all(settings: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in settings.items())
 
@@ -75,7 +79,7 @@ def label_all(settings: dict[str, Any]) -> str:
 def meets_all(row: dict[str, Any]) -> bool:
     """Every target: the keep targets, the epochs and the interval's coverage."""
     coverage = row.get("coverage_90")
-    return (
+    return bool(
         meets(row)
         and row["epochs_fraction"] <= TARGETS["epochs_fraction"]
         and coverage is not None
@@ -178,7 +182,7 @@ def markdown(result: dict[str, Any]) -> str:
         beats = sum(v["fewer_epochs"] for v in f["versus_optuna"])
         lines.append(
             f"| {name} | {ours['epochs_fraction']:.1%} | {ours['p_best_kept']:.2f} | "
-            f"{ours['top3_recall']:.2f} | {ours['mean_regret']:.4f} | {ours['coverage_90']:.3f} | "
+            f"{ours['top3_recall']:.2f} | {ours['mean_regret']:.4f} | {fmt(ours['coverage_90'])} | "
             f"{'yes' if f['defaults_meet_targets'] else 'no'} | "
             f"{beats} of {len(f['versus_optuna'])} |"
         )
@@ -199,7 +203,7 @@ def markdown(result: dict[str, Any]) -> str:
         lines += [
             "",
             f"Ours: Spearman of predicted and true finals at 25% of the curve "
-            f"{ours['spearman_at_25']:.3f}; 90% interval coverage {ours['coverage_90']:.3f}.",
+            f"{fmt(ours['spearman_at_25'])}; 90% interval coverage {fmt(ours['coverage_90'])}.",
             "",
             "Against each Optuna pruner, the cheapest setting of ours (sweep below) with no "
             "higher mean regret:",
@@ -225,7 +229,7 @@ def markdown(result: dict[str, Any]) -> str:
         for r in f["sweep"]:
             lines.append(
                 f"| {r['name']} | {r['epochs_fraction']:.1%} | {r['p_best_kept']:.2f} | "
-                f"{r['top3_recall']:.2f} | {r['mean_regret']:.4f} | {r['coverage_90']:.3f} |"
+                f"{r['top3_recall']:.2f} | {r['mean_regret']:.4f} | {fmt(r['coverage_90'])} |"
             )
     lines += [
         "",
@@ -245,7 +249,7 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(
             f"| {g['tuned_on']} | {g['setting']} | {g['evaluated_on']} | "
             f"{e['epochs_fraction']:.1%} | {e['p_best_kept']:.2f} | {e['top3_recall']:.2f} | "
-            f"{e['mean_regret']:.4f} | {e['coverage_90']:.3f} | "
+            f"{e['mean_regret']:.4f} | {fmt(e['coverage_90'])} | "
             f"{'yes' if g['targets_met'] else 'no'} |"
         )
     lat = result["latency"]

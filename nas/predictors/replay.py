@@ -428,7 +428,7 @@ def _model_quality(extras: Sequence[Mapping[str, Any]]) -> dict[str, float | Non
     judged = sum(d["judged"] for d in extras)
     return {
         "spearman_at_25": _mean(correlations) if correlations else None,
-        "coverage_90": sum(d["covered"] for d in extras) / judged if judged else None,
+        "coverage_90": float(sum(d["covered"] for d in extras) / judged) if judged else None,
     }
 
 
