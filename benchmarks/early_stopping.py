@@ -16,7 +16,8 @@ every method (``--orders`` random subsets of ``--subset`` curves, each in a rand
 3. generalisation: the setting tuned on file A (the cheapest in the sweep that keeps the true
    best with probability >= 0.95 and the true top 3 with recall >= 0.90 there), with its
    figures on every other file B (predictors are always fitted on B's own finished runs:
-   what transfers is the rule's settings);
+   what transfers is the rule's settings); and the defaults, one setting for every file,
+   against every target on each;
 4. decision latency: ``StoppingRule.decide`` on one core, predictor fitted on 30 runs.
 """
 
@@ -47,11 +48,17 @@ from nas.predictors.replay import (
 
 RESULTS = Path(__file__).parent / "results"
 TARGETS = {"epochs_fraction": 0.35, "p_best_kept": 0.95, "top3_recall": 0.90}
+COVERAGE = (0.85, 0.95)
 DEFAULT = RuleSettings()
 GRID = [
-    *(replace(DEFAULT, threshold=t) for t in (0.01, 0.02, 0.04, 0.06, 0.1, 0.2, 0.3)),
-    replace(DEFAULT, min_finished=8),
-    *(replace(DEFAULT, threshold=t, patience=1, min_finished=5) for t in (0.1, 0.2, 0.3, 0.5)),
+    replace(DEFAULT, threshold=0.03),
+    DEFAULT,
+    replace(DEFAULT, threshold=0.1),
+    replace(DEFAULT, threshold=0.2),
+    replace(DEFAULT, decay=0.0),
+    replace(DEFAULT, fallback_keep=0.5, patience=3),
+    replace(DEFAULT, threshold=0.3, min_finished=5, fallback_keep=0.3),
+    replace(DEFAULT, threshold=0.5, patience=1, min_finished=5, fallback_keep=0.3),
 ]
 FIGURES = ("epochs_fraction", "p_best_kept", "top3_recall", "mean_regret")
 
@@ -59,6 +66,25 @@ FIGURES = ("epochs_fraction", "p_best_kept", "top3_recall", "mean_regret")
 def label(settings: RuleSettings) -> str:
     changed = {k: v for k, v in asdict(settings).items() if v != getattr(DEFAULT, k)}
     return ", ".join(f"{k}={v}" for k, v in changed.items()) or "defaults"
+
+
+def fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def label_all(settings: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in settings.items())
+
+
+def meets_all(row: dict[str, Any]) -> bool:
+    """Every target: the keep targets, the epochs and the interval's coverage."""
+    coverage = row.get("coverage_90")
+    return bool(
+        meets(row)
+        and row["epochs_fraction"] <= TARGETS["epochs_fraction"]
+        and coverage is not None
+        and COVERAGE[0] <= coverage <= COVERAGE[1]
+    )
 
 
 def meets(row: dict[str, Any]) -> bool:
@@ -137,8 +163,29 @@ def markdown(result: dict[str, Any]) -> str:
         "every figure is in `early_stopping.json`.",
         "",
         "Targets for ours: epochs <= 35%, P(best kept) >= 0.95, top-3 recall >= 0.90, "
-        "90% interval coverage in [0.85, 0.95].",
+        "90% interval coverage in [0.85, 0.95]; at equal or lower regret, fewer epochs than "
+        "every Optuna pruner.",
+        "",
+        f"## Our defaults on every file ({label_all(result['defaults'])})",
+        "",
+        "The same settings on every file. They were picked on 20- and 30-order replays of both "
+        "files (seed 0, the first orders replayed here); the generalisation table below shows what "
+        "tuning on one file alone picks and how that does on the other.",
+        "",
+        "| file | epochs | P(best kept) | top-3 recall | mean regret | coverage | "
+        "epochs, keep and coverage targets met | "
+        "fewer epochs than the Optuna pruner, at no higher regret |",
+        "|---|---|---|---|---|---|---|---|",
     ]
+    for name, f in result["files"].items():
+        ours = f["replay"]["methods"][0]
+        beats = sum(v["fewer_epochs"] for v in f["versus_optuna"])
+        lines.append(
+            f"| {name} | {ours['epochs_fraction']:.1%} | {ours['p_best_kept']:.2f} | "
+            f"{ours['top3_recall']:.2f} | {ours['mean_regret']:.4f} | {fmt(ours['coverage_90'])} | "
+            f"{'yes' if f['defaults_meet_targets'] else 'no'} | "
+            f"{beats} of {len(f['versus_optuna'])} |"
+        )
     for name, f in result["files"].items():
         lines += [
             "",
@@ -156,7 +203,7 @@ def markdown(result: dict[str, Any]) -> str:
         lines += [
             "",
             f"Ours: Spearman of predicted and true finals at 25% of the curve "
-            f"{ours['spearman_at_25']:.3f}; 90% interval coverage {ours['coverage_90']:.3f}.",
+            f"{fmt(ours['spearman_at_25'])}; 90% interval coverage {fmt(ours['coverage_90'])}.",
             "",
             "Against each Optuna pruner, the cheapest setting of ours (sweep below) with no "
             "higher mean regret:",
@@ -182,22 +229,28 @@ def markdown(result: dict[str, Any]) -> str:
         for r in f["sweep"]:
             lines.append(
                 f"| {r['name']} | {r['epochs_fraction']:.1%} | {r['p_best_kept']:.2f} | "
-                f"{r['top3_recall']:.2f} | {r['mean_regret']:.4f} | {r['coverage_90']:.3f} |"
+                f"{r['top3_recall']:.2f} | {r['mean_regret']:.4f} | {fmt(r['coverage_90'])} |"
             )
     lines += [
         "",
         "## Generalisation: tuned on one file, evaluated on the other",
         "",
+        "The cheapest setting of the sweep that keeps the best with probability >= 0.95 and "
+        "the top 3 with recall >= 0.90 on the file it is tuned on, then replayed on the other "
+        "(its predictor fitted on that file's own finished runs). Targets met: every target, "
+        "coverage included.",
+        "",
         "| tuned on | setting | evaluated on | epochs | P(best kept) | top-3 recall | "
-        "mean regret | targets met |",
-        "|---|---|---|---|---|---|---|---|",
+        "mean regret | coverage | targets met |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for g in result["generalisation"]:
         e = g["evaluated"]
         lines.append(
             f"| {g['tuned_on']} | {g['setting']} | {g['evaluated_on']} | "
             f"{e['epochs_fraction']:.1%} | {e['p_best_kept']:.2f} | {e['top3_recall']:.2f} | "
-            f"{e['mean_regret']:.4f} | {'yes' if g['targets_met'] else 'no'} |"
+            f"{e['mean_regret']:.4f} | {fmt(e['coverage_90'])} | "
+            f"{'yes' if g['targets_met'] else 'no'} |"
         )
     lat = result["latency"]
     lines += [
@@ -244,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
             "replay": main_report,
             "sweep": rows,
             "versus_optuna": versus_optuna(main_report, rows),
+            "defaults_meet_targets": meets_all(main_report["methods"][0]),
         }
         lat[name] = latency(curves, args.seed)
     generalisation = []
@@ -261,8 +315,7 @@ def main(argv: list[str] | None = None) -> int:
                     "settings": chosen["settings"],
                     "on_tuning_file": {k: chosen[k] for k in FIGURES},
                     "evaluated": {k: evaluated[k] for k in (*FIGURES, "coverage_90")},
-                    "targets_met": meets(evaluated)
-                    and evaluated["epochs_fraction"] <= TARGETS["epochs_fraction"],
+                    "targets_met": meets_all(evaluated),
                 }
             )
     import optuna

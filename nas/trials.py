@@ -115,7 +115,8 @@ class CurveJudge:
         """Whether a run with score curve ``scores`` (epochs ``1..t``, ``t < epochs``) stops."""
         done = [r for r in finished if not r.stopped and len(r.scores) == self.epochs]
         rule = StoppingRule(self._predictor(done), mode="max", **self.settings.model_dump())
-        return rule.decide(list(scores), dict(tuned), [r.scores[-1] for r in done])
+        peers = [r.scores for r in finished]  # stopped runs too: the fallback ranks among all
+        return rule.decide(list(scores), dict(tuned), [r.scores[-1] for r in done], peers)
 
     def _predictor(self, done: Sequence[FinishedRun]) -> LearningCurvePredictor | None:
         if len(done) < self.settings.min_finished:

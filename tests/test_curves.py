@@ -27,8 +27,14 @@ from nas.predictors import (
     StopDecision,
     StoppingRule,
 )
-from nas.predictors.curves import curve_summary, metric_resolution, prefix_summaries
-from nas.predictors.replay import load_curves, replay
+from nas.predictors.curves import (
+    MetricScale,
+    curve_summary,
+    metric_resolution,
+    prefix_summaries,
+)
+from nas.predictors.replay import RuleSettings, load_curves, replay
+from nas.spec import EarlyStoppingSpec
 
 DATA = Path(__file__).parent / "data"
 MNIST1D = DATA / "mnist1d_curves_40.jsonl.gz"
@@ -78,6 +84,39 @@ def test_prefix_summaries_match_curve_summary() -> None:
 def test_metric_resolution() -> None:
     assert metric_resolution(np.arange(0, 301) / 300) == pytest.approx(1 / 300)
     assert metric_resolution(np.random.default_rng(0).random(300)) == 0.0
+    # stored rounded to 5 decimals: the step is still 1/300, to well within a step at 1.0
+    assert 300 * metric_resolution(np.round(np.arange(0, 301) / 300, 5)) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("scale", "values", "read_as"),
+    [
+        (MetricScale(0.0, 1.0, 1e-3), [0.0, 0.2, 0.5, 1.0], [1e-3, 0.2, 0.5, 1 - 1e-3]),
+        (MetricScale(0.0, math.inf, 1e-3), [0.0, 1.0, 30.0], [1e-3, 1.0, 30.0]),
+        (MetricScale(-math.inf, 1.0, 1e-3), [-5.0, 0.0, 1.0], [-5.0, 0.0, 1 - 1e-3]),
+        (MetricScale(), [-3.0, 0.0, 2.5], [-3.0, 0.0, 2.5]),
+    ],
+)
+def test_metric_scale_round_trip_and_noise_factor(scale: MetricScale, values, read_as) -> None:
+    modelled = scale.forward(values)
+    np.testing.assert_allclose(scale.inverse(modelled), read_as, atol=1e-9)
+    assert np.all(np.diff(modelled) > 0)
+    assert np.all(scale.noise_factor(modelled) > 0)
+
+
+def test_accuracy_is_modelled_on_the_logit_with_its_steps() -> None:
+    curves = load_curves(DIGITS)  # accuracies on 300 samples, many near 1
+    predictor = LearningCurvePredictor(bounds=(0, 1)).fit(curves.values[:30], curves.configs[:30])
+    assert predictor.resolution_ == pytest.approx(1 / 300, rel=1e-4)
+    near_top = predictor.predict(curves.values[30, :40], curves.configs[30])
+    low_run = predictor.predict(np.full(40, 0.6), curves.configs[30])
+    for p in (near_top, low_run):
+        for end in (p.low, p.high):  # a quantised final: intervals end on its steps
+            assert 300 * end == pytest.approx(round(300 * end), abs=0.01)
+        assert p.prob_above(1.0) == 0.0 and p.prob_below(0.0) == 0.0
+        assert p.prob_above(-0.5) == 1.0
+    # the same reading noise is a smaller move in accuracy near 1 than at 0.6
+    assert near_top.high - near_top.low < low_run.high - low_run.low
 
 
 # ---- predictor -----------------------------------------------------------------------------
@@ -128,7 +167,7 @@ def test_rule_stops_a_clearly_bad_run(fitted) -> None:
     decision = StoppingRule(predictor).decide(bad, {"optimizer": "sgd", "lr": 0.01}, finals)
     assert decision.stop
     assert decision.probability is not None and decision.probability < 0.1
-    assert decision.threshold == pytest.approx(sorted(finals)[-3])
+    assert decision.threshold == pytest.approx(sorted(finals)[-3] - StoppingRule().tolerance)
     assert decision.reason.startswith("stop: P(final >")
 
 
@@ -159,6 +198,19 @@ def test_rule_patience_needs_consecutive_low_probabilities(fitted) -> None:
     assert StoppingRule(predictor, patience=2).decide(bad, {}, finals).stop
 
 
+def test_threshold_shrinks_as_the_run_gets_on(fitted) -> None:
+    predictor, finals = fitted
+    rule = StoppingRule(predictor, threshold=0.1)  # decay=1 by default
+    assert rule.threshold_at(2) == pytest.approx(0.1 * (1 - 2 / EPOCHS))
+    assert rule.threshold_at(EPOCHS - 1) == pytest.approx(0.1 / EPOCHS)
+    assert StoppingRule(predictor, threshold=0.1, decay=0.0).threshold_at(EPOCHS - 1) == 0.1
+    assert StoppingRule(threshold=0.1).threshold_at(5) == 0.1  # no predictor, no horizon
+    # a middling run: stopped early at a fixed threshold, judged by the shrunk one late on
+    curve = synthetic_run(np.random.default_rng(7), quality=0.8, speed=3.0)
+    late = StoppingRule(predictor, threshold=0.5, patience=1).decide(curve[:18], {}, finals)
+    assert late.reason.endswith(f"{0.5 * (1 - 18 / EPOCHS):.3g} (top 3 of 30 finished runs)")
+
+
 def test_rule_in_min_mode_stops_a_high_loss() -> None:
     curves, configs = synthetic_runs(30, seed=4)
     losses = [[1 - v for v in c] for c in curves]
@@ -180,11 +232,38 @@ def test_decision_is_plain_frozen_data(fitted) -> None:
         decision.stop = True  # type: ignore[misc]
 
 
+def test_fallback_ranks_among_the_runs_seen_so_far() -> None:
+    peers = [[0.2 + 0.1 * i] * 6 for i in range(6)]  # values 0.2 ... 0.7 at every epoch
+    rule = StoppingRule(min_finished=10, fallback_keep=0.5, fallback_peers=5, patience=2)
+    low = rule.decide([0.25] * 4, {}, [0.8] * 3, peers)
+    assert low.stop and low.mean is None and low.probability is None
+    assert "fallback" in low.reason and "3 of 10" in low.reason
+    # kept: the best ceil(0.5 * 7) = 4 of the 6 peers and itself, i.e. not below the 4th peer
+    assert low.threshold == pytest.approx(0.4)
+    assert not rule.decide([0.65] * 4, {}, [], peers).stop  # among the best half
+    assert not rule.decide([0.9, 0.25], {}, [], peers).stop  # low for one epoch only
+    assert not rule.decide([0.25] * 4, {}, [], peers[:4]).stop  # too few runs to rank against
+    assert not StoppingRule(min_finished=10).decide([0.0] * 4, {}, [], peers).stop  # keep = 1
+    mins = StoppingRule(mode="min", min_finished=10, fallback_keep=0.5, patience=1)
+    assert mins.decide([0.65], {}, [], peers).stop and not mins.decide([0.25], {}, [], peers).stop
+
+
+def test_defaults_are_one_setting_everywhere() -> None:
+    rule = StoppingRule()
+    spec = EarlyStoppingSpec().model_dump()
+    assert spec == {name: getattr(rule, name) for name in spec}
+    assert asdict(RuleSettings()) == spec
+    pruner = LearningCurvePruner()
+    assert pruner.settings == spec
+
+
 def test_rule_settings_are_checked() -> None:
     with pytest.raises(ValueError, match="threshold=1.5"):
         StoppingRule(threshold=1.5).decide([0.1], {}, [])
     with pytest.raises(ValueError, match="mode='up'"):
         StoppingRule(mode="up").decide([0.1], {}, [])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="fallback_keep=0"):
+        StoppingRule(fallback_keep=0).decide([0.1], {}, [])
 
 
 # ---- Optuna ----------------------------------------------------------------------------------

@@ -92,7 +92,13 @@ def test_job_trains_several_runs_stops_losers_and_keeps_the_best(tmp_path, capsy
         trials=trials,
         tune={"lr": {"low": 1e-5, "high": 0.03, "log": True}},
         sampler="random",  # spread: some runs hopeless, so that the rule has losers to stop
-        early_stopping={"k": 1, "threshold": 0.2, "patience": 1, "min_finished": min_finished},
+        early_stopping={
+            "k": 1,
+            "threshold": 0.2,
+            "decay": 0.0,
+            "patience": 1,
+            "min_finished": min_finished,
+        },
     )
     spec["search"].update(profile_samples=1, budget=4, batch=1)
     path = tmp_path / "spec.yaml"

@@ -11,12 +11,17 @@ calibrated predictive distribution, not a point:
   and the config features, neighbourhood chosen by exact leave-one-out error). A regression
   that averages what similar runs did never extrapolates a trend past anything a finished run
   did, which keeps it sane on a dozen finished runs, where a linear model on two dozen
-  features is not. Leave-one-out errors divided by the neighbours' spread are conformal
-  scores; their empirical distribution (pooled over nearby ``t``) turns ``mean + scale *
-  score`` into a predictive distribution whose intervals hold their coverage on new runs.
+  features is not. A bounded metric is modelled through a ``MetricScale`` (the logit of an
+  accuracy): near its bound an accuracy moves by ever smaller steps, and one spread for all
+  runs would make a run at 0.99 as uncertain as one at 0.6. Leave-one-out errors divided by
+  the neighbours' spread (with a floor of reading noise, stretched as sampling noise is near
+  a bound) are conformal scores; their empirical distribution (pooled over nearby ``t``)
+  turns ``loc + spread * score`` into a predictive distribution whose intervals hold their
+  coverage on new runs.
 - ``StoppingRule`` stops a run when the probability that it ends above the ``k``-th best
   final value finished so far, minus ``tolerance``, has been below ``threshold`` for
-  ``patience`` epochs; it never stops a run before ``min_finished`` runs have finished.
+  ``patience`` epochs. Before ``min_finished`` runs have finished it falls back on ranks
+  among the runs seen so far, if told to (``fallback_keep`` below 1).
 
 Everything here is plain numpy and scikit-learn-style objects: ``__init__`` stores settings,
 ``fit`` learns (state ends in ``_``) and returns ``self``. The Optuna pruner on top of this is
@@ -28,7 +33,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -222,6 +227,7 @@ class _PrefixModel:
     k: int
     config_weight: float
     noise: float
+    noise_factor: Callable[[np.ndarray], np.ndarray]
 
     @classmethod
     def fit(
@@ -230,6 +236,7 @@ class _PrefixModel:
         config_x: np.ndarray,
         final: np.ndarray,
         noise: float,
+        noise_factor: Callable[[np.ndarray], np.ndarray],
         ks: Sequence[int],
         config_weights: Sequence[float],
     ) -> tuple[_PrefixModel, np.ndarray]:
@@ -257,10 +264,10 @@ class _PrefixModel:
         change = changes[:, anchor]
         near = change[neighbours]
         mean = near.mean(axis=1)
-        scale = np.sqrt(near.var(axis=1) + noise**2)
+        scale = np.sqrt(near.var(axis=1) + (noise * noise_factor(curve_x[:, 0])) ** 2)
         model = cls(
             curve_center, curve_scale, curve_z, config_center, config_scale, config_z,
-            change, anchor, k, float(weights[w]), noise,
+            change, anchor, k, float(weights[w]), noise, noise_factor,
         )  # fmt: skip
         return model, (change - mean) / scale
 
@@ -277,7 +284,8 @@ class _PrefixModel:
         near = self.change[nearest]
         mean, var = float(near.mean()), float(near.var())
         anchor = (curve_x[0], curve_x[1], 0.0)[self.anchor]
-        return float(anchor + mean), math.sqrt(var + self.noise**2)
+        noise = self.noise * float(self.noise_factor(curve_x[0]))
+        return float(anchor + mean), math.sqrt(var + noise**2)
 
 
 ANCHORS = ("last", "mean_last3", "zero")
@@ -303,41 +311,104 @@ def _mean_sq_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return ((a[:, None, :] - b[None, :, :]) ** 2).mean(axis=2)
 
 
-def curve_noise(curves: np.ndarray, finals: np.ndarray, tail: float = 0.2) -> float:
+def curve_noise(
+    curves: np.ndarray,
+    finals: np.ndarray,
+    tail: float = 0.2,
+    noise_factor: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> float:
     """How far a finished run's final value still lands from where its curve was late on: the
     root mean square of ``final - curve[t]`` over the last ``tail`` of the epochs (at least
     one) of every finished run. A floor on the spread of any prediction: evaluation noise and
     last-minute moves that no model of the curve can foresee."""
     width = max(1, round(tail * curves.shape[1]))
     late = curves[:, -width - 1 : -1]
-    return float(np.sqrt(np.mean((finals[:, None] - late) ** 2)))
+    factor = 1.0 if noise_factor is None else noise_factor(late)
+    return float(np.sqrt(np.mean(((finals[:, None] - late) / factor) ** 2)))
 
 
 # ---- predictive distribution ---------------------------------------------------------------------
 @dataclass(frozen=True)
+class MetricScale:
+    """Where a bounded metric is modelled: ``logit`` of its position between finite ``low``
+    and ``high`` (an accuracy near 1 moves by ever smaller steps, its error rate by similar
+    factors), ``log`` of its distance to its one finite bound, or the metric itself when it
+    has none. Values within ``margin`` of a bound are read as ``margin`` from it (half a step
+    of a quantised metric: an accuracy of exactly 1 is finite there)."""
+
+    low: float = -math.inf
+    high: float = math.inf
+    margin: float = 0.0
+
+    def forward(self, values: Any) -> Any:
+        v = np.asarray(values, dtype=float)
+        lo, hi, m = self.low, self.high, self.margin
+        if math.isfinite(lo) and math.isfinite(hi):
+            u = np.clip((v - lo) / (hi - lo), m, 1.0 - m)
+            return np.log(u) - np.log1p(-u)
+        if math.isfinite(lo):
+            return np.log(np.maximum(v - lo, m))
+        if math.isfinite(hi):
+            return -np.log(np.maximum(hi - v, m))
+        return v
+
+    def noise_factor(self, modelled: Any) -> Any:
+        """How much a reading's noise is stretched where the metric is modelled, at
+        ``modelled`` (``forward`` of the reading): a count-like metric's sampling noise, as
+        an accuracy's binomial spread ``sqrt(u (1 - u))`` through the logit, or a Poisson-like
+        spread through the log; 1 for a metric modelled as is."""
+        z = np.asarray(modelled, dtype=float)
+        lo, hi = self.low, self.high
+        if math.isfinite(lo) and math.isfinite(hi):
+            return np.exp(np.abs(z) / 2) + np.exp(-np.abs(z) / 2)  # 1 / sqrt(u (1 - u))
+        if math.isfinite(lo):
+            return np.exp(-z / 2)  # 1 / sqrt(value - low)
+        if math.isfinite(hi):
+            return np.exp(z / 2)  # 1 / sqrt(high - value)
+        return np.ones_like(z)
+
+    def inverse(self, values: Any) -> Any:
+        z = np.asarray(values, dtype=float)
+        lo, hi = self.low, self.high
+        if math.isfinite(lo) and math.isfinite(hi):
+            return lo + (hi - lo) / (1.0 + np.exp(-z))
+        if math.isfinite(lo):
+            return lo + np.exp(z)
+        if math.isfinite(hi):
+            return hi - np.exp(-z)
+        return z
+
+
+@dataclass(frozen=True)
 class CurvePrediction:
-    """A predictive distribution of a run's final value: ``mean + scale * S`` where ``S`` follows
-    the empirical distribution of the calibration ``scores`` (sorted); ``low``/``high`` bound its
-    central interval of probability ``level``, clipped to ``bounds``. ``resolution`` is the
-    metric's step (e.g. 1/300 for an accuracy on 300 samples; 0 for a continuous metric):
-    "above" a value means at least one step above it, read off the continuous distribution at
-    half a step. Beyond ``bounds`` (the metric's possible range) there is no probability."""
+    """A predictive distribution of a run's final value: ``scale.inverse(loc + spread * S)``
+    where ``S`` follows the empirical distribution of the calibration ``scores`` (sorted) and
+    ``scale`` (a ``MetricScale``) maps the metric to where it is modelled. ``mean`` is the
+    centre ``scale.inverse(loc)``; ``low``/``high`` bound the central interval of probability
+    ``level``. ``resolution`` is the metric's step (e.g. 1/300 for an accuracy on 300 samples;
+    0 for a continuous metric): "above" a value means at least one step above it, read off the
+    continuous distribution at half a step. Beyond ``bounds`` (the metric's possible range)
+    there is no probability."""
 
     mean: float
     low: float
     high: float
     level: float
-    scale: float
+    loc: float
+    spread: float
     scores: np.ndarray
     resolution: float = 0.0
     bounds: tuple[float, float] = (-math.inf, math.inf)
+    scale: MetricScale = MetricScale()
 
     def prob_above(self, value: float) -> float:
         """P(final > value), conservative by one calibration point (split-conformal style)."""
         cut = value + self.resolution / 2
         if cut > self.bounds[1]:
             return 0.0
-        z = (cut - self.mean) / self.scale
+        if cut <= self.bounds[0]:
+            return 1.0
+        z = (self._halfway(value, value + self.resolution) - self.loc) / self.spread
         above = len(self.scores) - int(np.searchsorted(self.scores, z, side="left"))
         return min(1.0, (above + 1) / (len(self.scores) + 1))
 
@@ -346,25 +417,38 @@ class CurvePrediction:
         cut = value - self.resolution / 2
         if cut < self.bounds[0]:
             return 0.0
-        z = (cut - self.mean) / self.scale
+        if cut >= self.bounds[1]:
+            return 1.0
+        z = (self._halfway(value, value - self.resolution) - self.loc) / self.spread
         below = int(np.searchsorted(self.scores, z, side="right"))
         return min(1.0, (below + 1) / (len(self.scores) + 1))
+
+    def _halfway(self, value: float, step: float) -> float:
+        """Half way from ``value`` to ``step``, where the distribution is modelled."""
+        floor, ceiling = self.bounds
+        ends = self.scale.forward([min(max(v, floor), ceiling) for v in (value, step)])
+        return float(ends.mean())
 
 
 def metric_resolution(values: np.ndarray) -> float:
     """The step of a quantised metric (an accuracy on ``n`` samples moves by ``1/n``), or 0.
 
     The smallest gap between distinct values is the step when the small gaps (up to 20 steps)
-    are whole multiples of it, to a tenth of a step (stored values are often rounded).
+    are whole multiples of it, to a tenth of a step (stored values are often rounded); the step
+    is then refined on all those gaps, so that many steps from 0 still land on the values.
     """
     distinct = np.unique(np.round(np.asarray(values, dtype=float).ravel(), 9))
     gaps = np.diff(distinct)
     if len(gaps) < 3:
         return 0.0
     step = float(gaps.min())
-    multiples = gaps[gaps <= 20 * step] / step
+    small = gaps[gaps <= 20 * step]
+    multiples = small / step
     whole = np.abs(multiples - np.round(multiples)) <= 0.1
-    return step if whole.mean() >= 0.95 else 0.0
+    if whole.mean() < 0.95:
+        return 0.0
+    # the smallest gap of rounded values is off by the rounding: fit the step to all of them
+    return float(small[whole].sum() / np.round(multiples[whole]).sum())
 
 
 class LearningCurvePredictor:
@@ -380,12 +464,16 @@ class LearningCurvePredictor:
     ``curve distance + w * config distance`` (standardised features) give their mean change
     from an anchor (the last value, the mean of the last three, or nothing) to their final
     value; ``k`` in ``ks``, ``w`` in ``config_weights`` and the anchor are picked by exact
-    leave-one-out error. The scale is the spread of those neighbours' changes together with
-    ``curve_noise`` (how far finals still land from late values). Leave-one-out errors divided
-    by their scale are the conformal scores; pooled over prefix lengths within ``pool * T`` of
+    leave-one-out error. All of this happens where the metric is modelled (``scale_``, a
+    ``MetricScale``: the logit of a metric bounded on both sides, e.g. an accuracy). The spread
+    is that of those neighbours' changes together with a floor of reading noise, ``noise_``
+    (how far finished runs' finals still land from their late values) times the
+    ``MetricScale.noise_factor`` at the run's last value. Leave-one-out errors divided by
+    their spread are the conformal scores; pooled over prefix lengths within ``pool * T`` of
     ``t``, their empirical distribution gives the probabilities and the central interval of
     probability ``level``. ``bounds`` is the metric's possible range (``(0, 1)`` for an
-    accuracy), if it has one; the step of a quantised metric is learned (``resolution_``).
+    accuracy), if it has one; the step of a quantised metric is learned (``resolution_``), and
+    a quantised metric's interval ends on its steps.
     """
 
     def __init__(
@@ -433,15 +521,23 @@ class LearningCurvePredictor:
             raise CurveDataError(f"finals must be {n} finite numbers")
         featurizer = self.featurizer or ConfigFeaturizer()
         config_x = featurizer.fit(configs).transform(configs)
-        noise = curve_noise(y, final)
         self.resolution_ = metric_resolution(np.concatenate([y.ravel(), final]))
         self.bounds_ = (-math.inf, math.inf) if self.bounds is None else tuple(self.bounds)
         if not self.bounds_[0] < self.bounds_[1]:
             raise ValueError(f"bounds must be (low, high) with low < high, got {self.bounds}")
+        self.scale_ = _metric_scale(self.bounds_, self.resolution_)
+        y, final = self.scale_.forward(y), self.scale_.forward(final)
+        noise = curve_noise(y, final, noise_factor=self.scale_.noise_factor)
         models, raw_scores = [], []
         for t in range(1, horizon):
             model, scores = _PrefixModel.fit(
-                curve_summary(y[:, :t]), config_x, final, noise, self.ks, self.config_weights
+                curve_summary(y[:, :t]),
+                config_x,
+                final,
+                noise,
+                self.scale_.noise_factor,
+                self.ks,
+                self.config_weights,
             )
             models.append(model)
             raw_scores.append(scores)
@@ -467,7 +563,8 @@ class LearningCurvePredictor:
             raise CurveDataError(
                 f"a partial curve must have 1 to {self.horizon_ - 1} points, got {t}"
             )
-        return self._distribution(t, curve_summary(y[None, :])[0], self.featurizer_._row(config))
+        summary = curve_summary(self.scale_.forward(y)[None, :])[0]
+        return self._distribution(t, summary, self.featurizer_._row(config))
 
     def predict_prefixes(
         self, curve: Sequence[float], config: Mapping[str, Any]
@@ -476,7 +573,7 @@ class LearningCurvePredictor:
         _check_fitted(self, "models_")
         y = np.asarray(curve, dtype=float)[: self.horizon_ - 1]
         config_x = self.featurizer_._row(config)
-        summaries = prefix_summaries(y)
+        summaries = prefix_summaries(self.scale_.forward(y))
         return [self._distribution(t, summaries[t - 1], config_x) for t in range(1, len(y) + 1)]
 
     def score(
@@ -504,20 +601,53 @@ class LearningCurvePredictor:
         }
 
     def _distribution(self, t: int, curve_x: np.ndarray, config_x: np.ndarray) -> CurvePrediction:
-        mean, scale = self.models_[t - 1].predict(curve_x, config_x)
+        loc, spread = self.models_[t - 1].predict(curve_x, config_x)
         scores = self.scores_[t - 1]
         lo, hi = _conformal_quantiles(scores, (1.0 - self.level) / 2.0)
         floor, ceiling = self.bounds_
+        mean, low, high = (
+            min(max(float(v), floor), ceiling)
+            for v in self.scale_.inverse([loc, loc + spread * lo, loc + spread * hi])
+        )
+        if self.resolution_:  # a quantised final takes the step whose cell holds the bound
+            low = self._snap(low, loc + spread * lo)
+            high = self._snap(high, loc + spread * hi)
         return CurvePrediction(
-            mean=min(max(mean, floor), ceiling),
-            low=min(max(mean + scale * lo, floor), ceiling),
-            high=min(max(mean + scale * hi, floor), ceiling),
+            mean=mean,
+            low=low,
+            high=high,
             level=self.level,
-            scale=scale,
+            loc=loc,
+            spread=spread,
             scores=scores,
             resolution=self.resolution_,
             bounds=self.bounds_,
+            scale=self.scale_,
         )
+
+    def _snap(self, value: float, modelled: float) -> float:
+        """The step of the metric (a multiple of ``resolution_``) nearest to ``value`` where the
+        distribution is modelled: the one whose cell, half way to each neighbour, holds
+        ``modelled``."""
+        step = self.resolution_
+        if not math.isfinite(value):
+            return value
+        below = math.floor(value / step + 1e-9) * step
+        above = below + step
+        halfway = float(self.scale_.forward([below, above]).mean())
+        floor, ceiling = self.bounds_
+        return min(max(above if modelled >= halfway else below, floor), ceiling)
+
+
+def _metric_scale(bounds: tuple[float, float], resolution: float) -> MetricScale:
+    """The ``MetricScale`` of a metric with these bounds: values are read at least half a step
+    (a thousandth of the range, or 1e-3, for a continuous metric) inside a bound."""
+    low, high = bounds
+    if math.isfinite(low) and math.isfinite(high):
+        margin = resolution / (2 * (high - low)) if resolution else 1e-3
+    else:
+        margin = resolution / 2 if resolution else 1e-3
+    return MetricScale(low, high, margin)
 
 
 def _conformal_quantiles(sorted_scores: np.ndarray, tail: float) -> tuple[float, float]:
@@ -561,18 +691,24 @@ class StoppingRule:
 
     under the predictor's calibrated distribution: "stop when the chance that this run ends
     above the current ``k``-th best (less ``tolerance``) is below ``threshold``, and has been
-    for ``patience`` epochs in a row". "Above" means by at least one step of a quantised
-    metric (``CurvePrediction``): tying the ``k``-th best does not change the top ``k``. With
-    fewer than ``k`` finished runs the bar is the worst finished final. ``patience`` guards
-    against one noisy reading: a run is judged every epoch, and one low probability among many
-    readings is to be expected even of a good run.
+    for ``patience`` epochs in a row". The threshold shrinks as the run gets on,
+    ``threshold * (1 - decay * t / T)`` (``threshold_at``): a late stop saves few epochs for
+    the same risk of losing a winner, and a run is judged every epoch, so a good run's
+    probability dipping once below a fixed threshold late on is to be expected. "Above" means
+    by at least one step of a quantised metric (``CurvePrediction``): tying the ``k``-th best
+    does not change the top ``k``. With fewer than ``k`` finished runs the bar is the worst
+    finished final. ``patience`` guards against one noisy reading: a run is judged every
+    epoch, and one low probability among many readings is to be expected even of a good run.
 
-    Before ``min_finished`` runs have finished, the rule never stops a run (the fallback).
-    This is the cheapest way to get a model: a run stopped then would not shorten the wait
-    for ``min_finished`` finished runs, it would only add its own epochs; and the first runs,
-    trained in full whatever they look like, are the one sample of finished runs that no
-    stopping decision has filtered, which the predictor needs to learn what late bloomers look
-    like. Its cost is ``min_finished`` full runs.
+    Before ``min_finished`` runs have finished (or with no fitted predictor) the rank rule
+    ``fallback`` decides: stop when, at each of the last ``patience`` epochs, the run's value is
+    not among the best ``fallback_keep`` of the values that the runs seen so far (``peers``,
+    at least ``fallback_peers`` of them) had at that epoch. With ``fallback_keep=1`` it never
+    stops a run: a run stopped then does not shorten the wait for ``min_finished`` finished
+    runs, and the first runs, trained in full whatever they look like, are the one sample of
+    finished runs that no stopping decision has filtered, which the predictor needs to learn
+    what late bloomers look like; the price is ``min_finished`` full runs. A keep fraction
+    below 1 makes the wait cheaper, at the price of a filtered sample.
 
     ``decide`` is pure: the caller refits ``predictor`` when runs finish (on the finished runs)
     and passes their final values.
@@ -584,11 +720,14 @@ class StoppingRule:
         *,
         mode: Literal["max", "min"] = "max",
         k: int = 3,
-        tolerance: float = 0.0,
+        tolerance: float = 0.002,
         threshold: float = 0.06,
         patience: int = 2,
         min_epochs: int = 1,
         min_finished: int = 10,
+        fallback_keep: float = 1.0,
+        fallback_peers: int = 5,
+        decay: float = 1.0,
     ):
         self.predictor = predictor
         self.mode = mode
@@ -598,6 +737,9 @@ class StoppingRule:
         self.patience = patience
         self.min_epochs = min_epochs
         self.min_finished = min_finished
+        self.fallback_keep = fallback_keep
+        self.fallback_peers = fallback_peers
+        self.decay = decay
 
     def validate(self) -> None:
         """Checks the settings; ``decide`` calls it. Errors name the setting and its value."""
@@ -612,36 +754,77 @@ class StoppingRule:
             raise ValueError(f"tolerance must be >= 0, got tolerance={self.tolerance}")
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got threshold={self.threshold}")
+        if not 0.0 <= self.decay <= 1.0:
+            raise ValueError(f"decay must be in [0, 1], got decay={self.decay}")
+        if not 0.0 < self.fallback_keep <= 1.0:
+            raise ValueError(
+                f"fallback_keep must be in (0, 1], got fallback_keep={self.fallback_keep}"
+            )
+        if self.fallback_peers < 1:
+            raise ValueError(
+                f"fallback_peers must be >= 1, got fallback_peers={self.fallback_peers}"
+            )
 
     def decide(
         self,
         curve: Sequence[float],
         config: Mapping[str, Any],
         finished_finals: Sequence[float],
+        peers: Sequence[Sequence[float]] = (),
     ) -> StopDecision:
         """Whether to stop the run with partial ``curve`` (epochs ``1..t``) and ``config``,
-        given the final values of the runs finished so far."""
+        given the final values of the runs finished so far and, for the fallback, ``peers``:
+        the curves (whole or cut short) of the other runs seen so far."""
         self.validate()
         t = len(curve)
         if not self.uses_model(t, len(finished_finals)):
-            return StopDecision(
-                stop=False,
-                mean=None,
-                low=None,
-                high=None,
-                threshold=None,
-                probability=None,
-                reason=(
-                    f"continue: fallback, {len(finished_finals)} of {self.min_finished} "
-                    "finished runs needed to fit the predictor"
-                ),
-            )
+            return self.fallback(curve, peers, len(finished_finals))
         predictor = self.predictor
         assert predictor is not None
         recent = [
             predictor.predict(curve[: t - back], config) for back in range(min(self.patience, t))
         ]
         return self.decide_from(t, recent, finished_finals)
+
+    def fallback(
+        self, curve: Sequence[float], peers: Sequence[Sequence[float]], n_finished: int
+    ) -> StopDecision:
+        """The rank rule used before ``min_finished`` runs have finished: stop at epoch ``t >=
+        min_epochs`` when, at each of the last ``patience`` epochs, at least
+        ``fallback_peers`` other runs reached that epoch and the run's value there is not
+        among the best ``fallback_keep`` of theirs and its own (a run tied with the last
+        kept value is kept)."""
+        t = len(curve)
+        sign = 1.0 if self.mode == "max" else -1.0
+        waiting = f"fallback, {n_finished} of {self.min_finished} finished runs needed to fit"
+        bars = []
+        for epoch in range(t, max(0, t - self.patience), -1):
+            values = sorted((sign * p[epoch - 1] for p in peers if len(p) >= epoch), reverse=True)
+            if len(values) < self.fallback_peers:
+                break
+            keep = math.ceil(self.fallback_keep * (len(values) + 1))
+            bars.append(values[keep - 1] if keep <= len(values) else -math.inf)
+            if not sign * curve[epoch - 1] < bars[-1]:
+                break
+        stop = (
+            t >= self.min_epochs
+            and len(bars) == self.patience
+            and all(sign * curve[t - 1 - back] < bar for back, bar in enumerate(bars))
+        )
+        bar = sign * bars[0] if bars and math.isfinite(bars[0]) else None
+        if stop:
+            reason = (
+                f"stop: {waiting}; value below the best {self.fallback_keep:.0%} of the runs "
+                f"seen at each of the last {self.patience} epochs"
+            )
+        elif bar is None:
+            reason = f"continue: {waiting}; fewer than {self.fallback_peers} runs to rank against"
+        else:
+            reason = f"continue: {waiting}; not below the best {self.fallback_keep:.0%} long enough"
+        return StopDecision(
+            stop=stop, mean=None, low=None, high=None, threshold=bar, probability=None,
+            reason=reason,
+        )  # fmt: skip
 
     def uses_model(self, t: int, n_finished: int) -> bool:
         """Whether the decision at epoch ``t`` is the model's (else the fallback's)."""
@@ -652,6 +835,14 @@ class StoppingRule:
             and hasattr(predictor, "models_")
             and t < predictor.horizon_
         )
+
+    def threshold_at(self, t: int) -> float:
+        """``threshold`` at epoch ``t`` of ``T``: ``threshold * (1 - decay * t / T)``. A late
+        stop saves few epochs, for the same risk of losing a run that would have won."""
+        horizon = getattr(self.predictor, "horizon_", None)
+        if not self.decay or not horizon:
+            return self.threshold
+        return self.threshold * (1.0 - self.decay * t / horizon)
 
     def bar(self, finished_finals: Sequence[float]) -> float:
         """The value a run must reach: ``k``-th best finished final, minus ``tolerance``."""
@@ -670,10 +861,11 @@ class StoppingRule:
         probabilities = [
             p.prob_above(bar) if above else p.prob_below(bar) for p in recent[: self.patience]
         ]
+        threshold = self.threshold_at(t)
         stop = (
             t >= self.min_epochs
             and len(probabilities) == self.patience
-            and max(probabilities) < self.threshold
+            and max(probabilities) < threshold
         )
         prediction, probability = recent[0], probabilities[0]
         return StopDecision(
@@ -685,7 +877,7 @@ class StoppingRule:
             probability=probability,
             reason=(
                 f"{'stop' if stop else 'continue'}: P(final {'>' if above else '<'} "
-                f"{bar:.4g}) = {probability:.3f} {'<' if stop else '>='} {self.threshold}"
+                f"{bar:.4g}) = {probability:.3f} {'<' if stop else '>='} {threshold:.3g}"
                 f"{f' for {self.patience} epochs' if stop and self.patience > 1 else ''}"
                 f" (top {self.k} of {len(finished_finals)} finished runs)"
             ),

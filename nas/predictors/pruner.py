@@ -8,7 +8,8 @@ the trials' ``params``), then asks a ``StoppingRule`` about the running trial.
 
 Works in any single-objective study with any sampler. Report once per epoch, at consecutive
 steps (``0..T-1`` or ``1..T``); a completed trial is used for fitting only when it reported all
-``n_epochs`` steps.
+``n_epochs`` steps. The rank fallback (before ``min_finished`` trials completed) ranks the
+trial among every other trial's intermediate values, pruned and running ones included.
 """
 
 from __future__ import annotations
@@ -41,11 +42,14 @@ class LearningCurvePruner(BasePruner):
         n_epochs: int | None = None,
         *,
         k: int = 3,
-        tolerance: float = 0.0,
+        tolerance: float = 0.002,
         threshold: float = 0.06,
         patience: int = 2,
         min_epochs: int = 1,
         min_finished: int = 10,
+        fallback_keep: float = 1.0,
+        fallback_peers: int = 5,
+        decay: float = 1.0,
         bounds: tuple[float, float] | None = None,
         make_predictor: Callable[[], LearningCurvePredictor] | None = None,
         on_decision: Callable[[FrozenTrial, StopDecision], None] | None = None,
@@ -60,6 +64,9 @@ class LearningCurvePruner(BasePruner):
             "patience": patience,
             "min_epochs": min_epochs,
             "min_finished": min_finished,
+            "fallback_keep": fallback_keep,
+            "fallback_peers": fallback_peers,
+            "decay": decay,
         }
         StoppingRule(**self.settings).validate()
         self.bounds = bounds
@@ -89,7 +96,12 @@ class LearningCurvePruner(BasePruner):
             mode="max" if study.direction == StudyDirection.MAXIMIZE else "min",
             **self.settings,
         )
-        decision = rule.decide(curve, _features(trial.params), finals)
+        peers = [
+            _curve(t.intermediate_values)
+            for t in study.get_trials(deepcopy=False)
+            if t.number != trial.number and t.intermediate_values
+        ]
+        decision = rule.decide(curve, _features(trial.params), finals, peers)
         if self.on_decision is not None:
             self.on_decision(trial, decision)
         return decision.stop
