@@ -317,14 +317,16 @@ def check_metric_key(key: str, targets: list[str]) -> None:
         )
 
 
-def spec_imports(spec: JobSpec) -> list[str]:
-    """The modules of user code that running ``spec`` would import by dotted path.
-
-    Today's spec names datasets and search spaces through registries only, so it imports no
-    user code and this is empty. A field that will import code by path (a user's own dataset
-    as ``package.module:function``) must report its module here: ``nas serve`` refuses a spec
-    sent over HTTP whose modules are not in the server's allow-list.
+def spec_imports(data: Any) -> list[str]:
+    """The modules of user code that a spec (parsed YAML/JSON, not yet validated) would import
+    by dotted path: a ``tensors`` dataset's ``source``. Validating the spec already imports
+    them (it loads the dataset), so ``nas serve`` checks this against its allow-list first.
     """
+    dataset = data.get("dataset") if isinstance(data, dict) else None
+    if isinstance(dataset, dict) and dataset.get("name") == "tensors":
+        source = dataset.get("source")
+        if isinstance(source, str):
+            return [source.partition(":")[0]]
     return []
 
 

@@ -16,7 +16,6 @@ import torch
 import yaml
 from fastapi.testclient import TestClient
 
-from nas import spec as spec_module
 from nas.cli import main
 from nas.controller import Controller
 from nas.errors import JobCancelled, NasError
@@ -373,19 +372,20 @@ def test_bad_spec_message_is_the_cli_message(client: TestClient, tmp_path: Path,
     assert http == cli and "unknown dimension 'depht.*'" in http
 
 
-def test_spec_importing_code_needs_the_allow_list(
-    served: Served, client: TestClient, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(spec_module, "spec_imports", lambda spec: ["labdata.loaders"])
+def test_spec_importing_code_needs_the_allow_list(served: Served, client: TestClient) -> None:
+    """A ``tensors`` dataset imports its source's module while the spec is validated, so the
+    allow-list is checked first: a module that does not even exist is refused with 403, not
+    imported (which would fail with 422)."""
+    spec = tiny_spec(dataset={"name": "tensors", "source": "labdata.loaders:load"})
     before = job_count(client)
-    response = client.post("/api/jobs", json=tiny_spec())
+    response = client.post("/api/jobs", json=spec)
     assert "imports module 'labdata.loaders'" in error_of(response, 403)
     assert job_count(client) == before
     allowing = serve_allowing(served, ["labdata"])
     with TestClient(allowing, headers=AUTH) as other:
-        assert other.post("/api/jobs", json=tiny_spec()).status_code == 201
-        monkeypatch.setattr(spec_module, "spec_imports", lambda spec: ["labdatax.evil"])
-        assert "allowed: labdata" in error_of(other.post("/api/jobs", json=tiny_spec()), 403)
+        assert "labdata" in error_of(other.post("/api/jobs", json=spec), 422)  # let through
+        spec["dataset"]["source"] = "labdatax.evil:load"
+        assert "allowed: labdata" in error_of(other.post("/api/jobs", json=spec), 403)
 
 
 def serve_allowing(served: Served, modules: list[str]):

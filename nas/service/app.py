@@ -139,8 +139,8 @@ def create_app(
     async def create_job(request: Request) -> dict[str, Any]:
         """Validate a spec (as `nas run` does), store its job and start it in the background."""
         body = await request.body()
-        spec = parse_submitted_spec(body, request.headers.get("content-type", ""))
-        job = submit_job(store, spec, allowed)
+        spec = parse_submitted_spec(body, request.headers.get("content-type", ""), allowed)
+        job = submit_job(store, spec)
         jobs_runner.start(job.id)
         return job_json(job)
 

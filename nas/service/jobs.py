@@ -33,8 +33,9 @@ class ForbiddenImportError(NasError):
     """A spec sent over HTTP would import user code the server does not allow."""
 
 
-def parse_submitted_spec(body: bytes, content_type: str) -> JobSpec:
-    """The spec of a ``POST /api/jobs`` body (JSON or YAML), validated by the CLI's code."""
+def parse_submitted_spec(body: bytes, content_type: str, allowed_modules: Sequence[str]) -> JobSpec:
+    """The spec of a ``POST /api/jobs`` body (JSON or YAML), validated by the CLI's code once
+    the modules it would import are known to be allowed (validating imports them)."""
     if len(body) > MAX_SPEC_BYTES:
         raise SpecError(f"spec: {len(body)} bytes; at most {MAX_SPEC_BYTES} are accepted")
     try:
@@ -53,6 +54,7 @@ def parse_submitted_spec(body: bytes, content_type: str) -> JobSpec:
         raise SpecError(f"spec: malformed YAML{where}: {problem}") from None
     except RecursionError:
         raise SpecError("spec: nested too deeply") from None
+    check_imports(spec_module.spec_imports(data), allowed_modules)
     return spec_module.parse_spec(data, "spec")
 
 
@@ -67,9 +69,8 @@ def check_imports(modules: Sequence[str], allowed: Sequence[str]) -> None:
             )
 
 
-def submit(store: Store, spec: JobSpec, allowed_modules: Sequence[str]) -> Any:
-    """Check the spec's imports against the allow-list, then create its job (``pending``)."""
-    check_imports(spec_module.spec_imports(spec), allowed_modules)
+def submit(store: Store, spec: JobSpec) -> Any:
+    """Create the job of a validated spec (``pending``)."""
     return store.create_job(spec.name, spec.model_dump(mode="json"))
 
 
