@@ -13,6 +13,7 @@ Ray's token authentication stays on: the client sends the token that Ray itself 
 from __future__ import annotations
 
 import shlex
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +25,9 @@ from ray.job_submission import JobSubmissionClient
 
 from nas.cluster import check_reachable
 from nas.errors import ClusterError
+
+#: How long a submission waits for the Jobs API's agent of a head that has just started.
+AGENT_WAIT_S = 60.0
 
 #: Ray job states in which the controller is (or is about to be) running.
 ACTIVE_STATES = ("PENDING", "RUNNING")
@@ -69,14 +73,22 @@ def submit_controller(
     entrypoint = shlex.join(
         ["nas", "resume", job_id, "--address", "auto", "--artifacts", str(artifacts)]
     )
+    deadline = time.monotonic() + AGENT_WAIT_S
     with _errors(client.get_address(), "submit to the Ray Jobs API"):
-        client.submit_job(
-            entrypoint=entrypoint,
-            submission_id=submission_id,
-            runtime_env={"env_vars": {"NAS_DB": db_url}},
-            metadata={"nas_job": job_id},
-        )
-    return submission_id
+        while True:
+            try:
+                client.submit_job(
+                    entrypoint=entrypoint,
+                    submission_id=submission_id,
+                    runtime_env={"env_vars": {"NAS_DB": db_url}},
+                    metadata={"nas_job": job_id},
+                )
+                return submission_id
+            except RuntimeError as error:
+                # a head that has just started answers before its job agent is up
+                if "No available agent" not in str(error) or time.monotonic() > deadline:
+                    raise
+                time.sleep(1.0)
 
 
 def controller_state(client: JobSubmissionClient, submission_id: str) -> str:

@@ -16,6 +16,7 @@ from sqlalchemy.engine import URL, make_url
 
 from nas.store import Store
 from nas.store.models import Base
+from nas.store.schema import VERSION_TABLE
 from search_spaces import SearchSpace, Supernet, get_space
 from tests.supernets import randomised_supernet
 
@@ -68,7 +69,7 @@ def empty_database(backend: str, request: pytest.FixtureRequest, directory: Path
     try:
         Base.metadata.drop_all(engine)
         with engine.begin() as connection:
-            connection.execute(text("DROP TABLE IF EXISTS alembic_version"))
+            connection.execute(text(f"DROP TABLE IF EXISTS {VERSION_TABLE}"))
     finally:
         engine.dispose()
     return url

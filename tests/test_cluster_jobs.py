@@ -72,11 +72,25 @@ def serve_cluster() -> None:
         cluster.shutdown()
 
 
+def client_token() -> str:
+    """The token this process's Ray client sends: ``RAY_AUTH_TOKEN``, else the token file (a
+    local Ray instance of the test session may have written it, and Ray keeps the token it
+    first read for the life of the process), else a new one in ``RAY_AUTH_TOKEN``."""
+    token = os.environ.get("RAY_AUTH_TOKEN", "")
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+    if not token and path.is_file():
+        token = path.read_text().strip()
+    if not token:
+        token = secrets.token_hex(32)
+        os.environ["RAY_AUTH_TOKEN"] = token
+    return token
+
+
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[dict]:
     env = os.environ | {
         "RAY_AUTH_MODE": "token",
-        "RAY_AUTH_TOKEN": secrets.token_hex(32),
+        "RAY_AUTH_TOKEN": client_token(),
         "RAY_USAGE_STATS_ENABLED": "0",
         # job entrypoints run `nas` from the environment the cluster was started in
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -96,17 +110,15 @@ def cluster() -> Iterator[dict]:
     try:
         line = child.stdout.readline()
         assert line, "the Ray cluster did not start"
-        report = json.loads(line)
-        saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
-        os.environ.update({k: env[k] for k in saved})
+        saved = os.environ.get("RAY_AUTH_MODE")
+        os.environ["RAY_AUTH_MODE"] = "token"  # this process's client sends its token
         try:
-            yield report
+            yield json.loads(line)
         finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+            if saved is None:
+                os.environ.pop("RAY_AUTH_MODE", None)
+            else:
+                os.environ["RAY_AUTH_MODE"] = saved
     finally:
         child.stdin.close()
         child.wait(timeout=60)

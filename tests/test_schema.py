@@ -12,7 +12,7 @@ from sqlalchemy import create_engine, text
 from nas.cli import main
 from nas.store import Store
 from nas.store.models import Base
-from nas.store.schema import BASELINE, _config, head_revision
+from nas.store.schema import BASELINE, VERSION_TABLE, _config, head_revision, our_tables_only
 
 
 def migrate(url: str, revision: str) -> None:
@@ -38,7 +38,9 @@ def test_migrations_build_exactly_the_models_tables(store_url: str) -> None:
     engine = create_engine(store_url)
     try:
         with engine.connect() as connection:
-            differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+            opts = {"version_table": VERSION_TABLE, "include_name": our_tables_only}
+            context = MigrationContext.configure(connection, opts=opts)
+            differences = compare_metadata(context, Base.metadata)
     finally:
         engine.dispose()
     assert differences == []
@@ -68,7 +70,7 @@ def test_an_older_database_is_refused_until_upgraded(store_url: str, capsys) -> 
 
 def test_a_database_from_before_migrations_is_taken_as_the_baseline(store_url: str) -> None:
     migrate(store_url, BASELINE)
-    execute(store_url, "DROP TABLE alembic_version")
+    execute(store_url, f"DROP TABLE {VERSION_TABLE}")
     assert main(["db", "upgrade", "--db", store_url]) == 0
     with Store(store_url) as store:
         assert store.list_jobs() == []
@@ -76,7 +78,7 @@ def test_a_database_from_before_migrations_is_taken_as_the_baseline(store_url: s
 
 def test_a_database_from_a_newer_version_is_refused(store_url: str, capsys) -> None:
     Store(store_url).close()
-    execute(store_url, "UPDATE alembic_version SET version_num = '9999'")
+    execute(store_url, f"UPDATE {VERSION_TABLE} SET version_num = '9999'")
     assert main(["jobs", "--db", store_url]) == 2
     assert "has schema revision 9999, which this version of nas does not know" in (
         capsys.readouterr().err

@@ -1,8 +1,8 @@
 """Schema versions: the Alembic migrations in ``migrations/`` and the check that a database
 matches this code before anything reads or writes it.
 
-A brand-new (empty) database gets the current tables at once, so the embedded default needs no
-extra step. Any other database must already be at the newest revision: an older one is
+A database without any of our tables gets the current tables at once, so the embedded default
+needs no extra step. Any other database must already be at the newest revision: an older one is
 upgraded only on request (``nas db upgrade``), never behind the user's back, and one at a
 revision this code does not know (written by a newer ``nas``) is refused.
 """
@@ -25,6 +25,10 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 #: The revision whose tables databases made before migrations existed already have.
 BASELINE = "0001"
 
+#: Our own name for Alembic's bookkeeping table, so that a database shared with other
+#: Alembic users (Optuna's RDB storage keeps its own ``alembic_version``) stays unambiguous.
+VERSION_TABLE = "nas_alembic_version"
+
 
 def _config(connection: Connection | None = None) -> Config:
     config = Config()
@@ -41,14 +45,15 @@ def head_revision() -> str:
 
 
 def current_revision(connection: Connection) -> str | None:
-    return MigrationContext.configure(connection).get_current_revision()
+    context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+    return context.get_current_revision()
 
 
 def prepare(engine: Engine, shown_url: str) -> None:
     """Create the tables of an empty database; refuse one whose schema is not this code's."""
     with engine.begin() as connection:
         _lock(connection)
-        if not inspect(connection).get_table_names():
+        if not _ours(connection):  # other applications' tables may share the database
             Base.metadata.create_all(connection)
             command.stamp(_config(connection), "head")
             return
@@ -78,10 +83,22 @@ def upgrade(engine: Engine) -> tuple[str | None, str]:
         _lock(connection)
         before = current_revision(connection)
         config = _config(connection)
-        if before is None and inspect(connection).has_table("jobs"):
+        if before is None and _ours(connection):
             command.stamp(config, BASELINE)
         command.upgrade(config, "head")
         return before, current_revision(connection) or ""
+
+
+def our_tables_only(name: str | None, type_: str, parent_names: object) -> bool:
+    """Alembic's ``include_name`` filter: compare and migrate our tables, never another
+    application's that share the database."""
+    return type_ != "table" or name in Base.metadata.tables
+
+
+def _ours(connection: Connection) -> bool:
+    """Whether the database holds any of our tables or our version table."""
+    names = set(inspect(connection).get_table_names())
+    return bool(names & {VERSION_TABLE, *Base.metadata.tables})
 
 
 def _lock(connection: Connection) -> None:
