@@ -47,6 +47,13 @@ def cluster_spec(name: str) -> dict:
     return spec
 
 
+def agent_ports() -> dict[str, int]:
+    """Free ports for a node's agents: their defaults are fixed numbers, which the test
+    session's own local Ray instance already holds (the Jobs API then finds no agent)."""
+    names = ("dashboard_agent_listen_port", "metrics_agent_port", "metrics_export_port")
+    return {name: free_port() for name in names}
+
+
 def serve_cluster() -> None:
     """In the child: start the cluster, print its addresses, keep it up until stdin closes."""
     from ray.cluster_utils import Cluster
@@ -60,10 +67,11 @@ def serve_cluster() -> None:
             "include_dashboard": True,
             "dashboard_host": "127.0.0.1",
             "dashboard_port": dashboard,
+            **agent_ports(),
         },
     )
     try:
-        worker = cluster.add_node(num_cpus=2, resources={"worker_node": 1})
+        worker = cluster.add_node(num_cpus=2, resources={"worker_node": 1}, **agent_ports())
         cluster.wait_for_nodes()
         report = {"jobs_api": f"http://127.0.0.1:{dashboard}", "worker": worker.node_id}
         print(json.dumps(report), flush=True)
