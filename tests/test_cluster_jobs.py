@@ -11,8 +11,6 @@ on, with a token made for this test.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import secrets
@@ -27,7 +25,6 @@ import psutil
 import pytest
 import yaml
 
-from nas.cli import main
 from nas.store import Store
 from tests.conftest import REPO, tiny_spec
 from tests.test_hardware_routing import free_port
@@ -118,26 +115,33 @@ def cluster() -> Iterator[dict]:
     try:
         line = child.stdout.readline()
         assert line, "the Ray cluster did not start"
-        saved = os.environ.get("RAY_AUTH_MODE")
-        os.environ["RAY_AUTH_MODE"] = "token"  # this process's client sends its token
+        saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+        os.environ.update({k: env[k] for k in saved})  # the nas commands below send the token
         try:
             yield json.loads(line)
         finally:
-            if saved is None:
-                os.environ.pop("RAY_AUTH_MODE", None)
-            else:
-                os.environ["RAY_AUTH_MODE"] = saved
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
     finally:
         child.stdin.close()
         child.wait(timeout=60)
 
 
 def nas(*args: str) -> tuple[int, str, str]:
-    """Run the ``nas`` command in this process; its exit code, stdout and stderr."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(list(args))
-    return code, out.getvalue(), err.getvalue()
+    """Run the ``nas`` command in a process of its own, as a user would; its exit code, stdout
+    and stderr. (In this process Ray may have read its auth settings before the cluster's token
+    was set, and it keeps what it read.)"""
+    result = subprocess.run(
+        [sys.executable, "-m", "nas.cli", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    return result.returncode, result.stdout, result.stderr
 
 
 def submit(spec: dict, tmp: Path, cluster: dict, db: str) -> str:
