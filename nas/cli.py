@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -20,20 +18,10 @@ from rich.table import Column, Table
 
 from nas.errors import NasError
 from nas.store import FrontRecord, JobRecord, Store, resolve_url, split_metric_key
-from nas.store.records import JOB_STAGES
+from nas.views import artifacts_dir, front_json, job_json, stage_states
 from search_spaces import ConfigError
 
 EXIT_USER_ERROR = 2
-
-
-def artifacts_dir(explicit: str | None, db_url: str) -> Path:
-    """``--artifacts``, else ``NAS_ARTIFACTS``, else ``artifacts/`` beside a SQLite file."""
-    chosen = explicit or os.environ.get("NAS_ARTIFACTS")
-    if chosen:
-        return Path(chosen)
-    if db_url.startswith("sqlite:///"):
-        return Path(db_url.removeprefix("sqlite:///")).parent / "artifacts"
-    return Path(".nas/artifacts")
 
 
 # ---- commands ------------------------------------------------------------------------------
@@ -332,46 +320,6 @@ def cmd_curves_replay(args: argparse.Namespace, console: Console) -> int:
 
 
 # ---- output shapes ---------------------------------------------------------------------------
-def job_json(job: JobRecord) -> dict[str, Any]:
-    return {
-        "id": job.id,
-        "name": job.name,
-        "status": job.status,
-        "stage": job.stage,
-        "stage_detail": job.stage_detail,
-        "error": job.error,
-        "created_at": job.created_at.isoformat(),
-        "updated_at": job.updated_at.isoformat(),
-    }
-
-
-def stage_states(job: JobRecord) -> list[dict[str, str]]:
-    """Each stage before ``done`` as finished (``done``), current (the job's status) or waiting."""
-    current = JOB_STAGES.index(job.stage) if job.stage else -1
-    states = []
-    for i, stage in enumerate(JOB_STAGES[:-1]):
-        if i < current:
-            states.append({"stage": stage, "state": "done", "detail": ""})
-        elif i == current:
-            states.append({"stage": stage, "state": job.status, "detail": job.stage_detail or ""})
-        else:
-            states.append({"stage": stage, "state": "waiting", "detail": ""})
-    return states
-
-
-def front_json(front: FrontRecord) -> dict[str, Any]:
-    return {
-        "job": front.job_id,
-        "target": front.target or None,
-        "objectives": front.objectives,
-        "points": [
-            {"subnet": p.id, "config": p.config, "metrics": p.metrics}
-            | ({"predicted": p.predicted} if p.predicted else {})
-            for p in front.points
-        ],
-    }
-
-
 def front_table(front: FrontRecord, title: str) -> Table:
     keys = list(dict.fromkeys([*front.objectives, "test_accuracy", "macs", "params"]))
     keys += sorted(k for p in front.points for k in p.metrics if k not in keys)

@@ -26,13 +26,13 @@ from fastapi.staticfiles import StaticFiles
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from nas.cli import artifacts_dir, front_json, job_json, stage_states
 from nas.errors import ConflictError, NasError, NotFoundError, SpecError, StoreError
 from nas.service.auth import token_dependency
 from nas.service.jobs import ForbiddenImportError, JobRunner, ProcessRunner, parse_submitted_spec
 from nas.service.jobs import submit as submit_job
 from nas.store import StopDecisionRecord, Store
 from nas.trials import run_curves
+from nas.views import artifacts_dir, front_json, job_json, stage_states
 
 STATIC = Path(__file__).parent / "static"
 logger = logging.getLogger("nas.service")
