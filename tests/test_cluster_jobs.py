@@ -35,7 +35,9 @@ MEASURED = ["accuracy", "test_accuracy", "macs", "params", "latency_ms@cpu"]
 
 def cluster_spec(name: str) -> dict:
     """A job of a few seconds of work: digits, three epochs, six subnets."""
-    spec = tiny_spec(name=name, dataset={"name": "digits"})
+    # no latency bound: four jobs starting at once load the node, and a bound checked on a
+    # loaded node is a check of the load, not of the cluster operation tested here
+    spec = tiny_spec(name=name, dataset={"name": "digits"}, constraints=[])
     spec["training"].update(epochs=3, batch_size=128)
     spec["hardware_targets"][0].update(warmup=1, repeats=3)
     spec["search"].update(
