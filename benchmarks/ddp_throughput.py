@@ -79,17 +79,20 @@ def throughput_loop(config: dict[str, Any]) -> None:
         device=str(ray.train.torch.get_device()),
     )
     built = time.perf_counter()
-    order = np.tile(np.arange(rows), config["warmup"] + config["steps"])
-    trainer.train_batches(1, order[: config["warmup"] * rows])
-    timed = order[: config["steps"] * rows]
-    start = time.perf_counter()
-    trainer.train_batches(2, timed)  # each step reads its loss: the device has finished
-    seconds = time.perf_counter() - start
+    order = np.arange(rows)
+    step_ms = []
+    for step in range(config["warmup"] + config["steps"]):
+        start = time.perf_counter()
+        trainer.train_batches(step, order)  # reads its loss: the device has finished
+        step_ms.append(1000 * (time.perf_counter() - start))
+    timed = step_ms[config["warmup"] :]
     if trainer.rank == 0:
         report = {
             "world": trainer.world,
-            "images_per_s": len(timed) / seconds,
-            "step_ms": 1000 * seconds / config["steps"],
+            "images_per_s": rows * len(timed) / (sum(timed) / 1000),
+            "step_ms": sum(timed) / len(timed),
+            "median_step_ms": float(np.median(timed)),
+            "step_ms_each": [round(ms) for ms in step_ms],
             "build_s": built - started,
             "loop_s": time.perf_counter() - started,
         }
@@ -146,6 +149,7 @@ def run(args: argparse.Namespace, workers: int, scratch: Path) -> dict[str, Any]
 
 def markdown(result: dict[str, Any]) -> str:
     setup = result["setup"]
+    precision = "float32 on CPUs" if setup["device_name"] == "CPU" else "bf16 autocast"
     lines = [
         "# Data-parallel supernet training throughput",
         "",
@@ -153,21 +157,22 @@ def markdown(result: dict[str, Any]) -> str:
         f" space `{setup['space']}` {setup['space_options']}, inputs {setup['shape']},"
         f" {setup['batch']} images per worker per step, sandwich rule with"
         f" {setup['random_subnets']} random subnets (so {setup['random_subnets'] + 2} forward and"
-        f" backward passes per step), float32, {setup['steps']} timed steps after"
+        f" backward passes per step), {precision}, {setup['steps']} timed steps after"
         f" {setup['warmup']} warm-up steps. Start-up: one `fit()` besides its training loop"
         " (worker group, process group, building the supernet), paid once per epoch by the"
         " controller with `workers > 1`. Efficiency: rate(w) / (w x rate(1)).",
         *(["", f"Note: {setup['note']}"] if setup.get("note") else []),
         "",
-        "| workers | images/s | per worker | efficiency | step ms | start-up s |",
-        "|---|---|---|---|---|---|",
+        "| workers | images/s | per worker | efficiency | step ms (mean) | step ms (median) |"
+        " start-up s |",
+        "|---|---|---|---|---|---|---|",
     ]
     base = result["rows"][0]["images_per_s"] / result["rows"][0]["workers"]
     for row in result["rows"]:
         w, rate = row["workers"], row["images_per_s"]
         lines.append(
             f"| {w} | {rate:.1f} | {rate / w:.1f} | {rate / (w * base):.2f} |"
-            f" {row['step_ms']:.1f} | {row['startup_s']:.1f} |"
+            f" {row['step_ms']:.1f} | {row['median_step_ms']:.1f} | {row['startup_s']:.1f} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -12,9 +12,10 @@ all of them.
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from search_spaces.global_batch_norm import batch_norm
 
 
 def centre_crop(weight: Tensor, kernel_size: int, dims: int = 1) -> Tensor:
@@ -23,6 +24,12 @@ def centre_crop(weight: Tensor, kernel_size: int, dims: int = 1) -> Tensor:
     start = (weight.shape[-1] - kernel_size) // 2
     window = slice(start, start + kernel_size)
     return weight[(..., *([window] * dims))]
+
+
+def first_channels(x: Tensor, channels: int) -> Tensor:
+    """``x`` with every channel (axis 1) after the first ``channels`` set to zero."""
+    keep = torch.arange(x.shape[1], device=x.device) < channels
+    return x * keep.to(x.dtype).view(1, -1, *([1] * (x.dim() - 2)))
 
 
 class ElasticConv(nn.Module):
@@ -60,15 +67,24 @@ class ElasticConv(nn.Module):
         fan_in = 1 if self.depthwise else in_channels
         return centre_crop(self.weight[:out_channels, :fan_in], kernel_size, self.dims)
 
-    def forward(self, x: Tensor, out_channels: int, kernel_size: int) -> Tensor:
+    def forward(
+        self, x: Tensor, out_channels: int, kernel_size: int, pad_to_max: bool = False
+    ) -> Tensor:
+        """``pad_to_max``: run the kernel's centre taps zero-padded to the largest kernel (the
+        same output, the layer's largest shape)."""
         in_channels = x.shape[1]
         if self.depthwise:
             out_channels = in_channels
         weight = self.active_weight(in_channels, out_channels, kernel_size)
+        padding = kernel_size // 2
+        if pad_to_max:
+            border = (self.weight.shape[-1] - kernel_size) // 2
+            weight = F.pad(weight, [border, border] * self.dims)
+            padding += border
         bias = None if self.bias is None else self.bias[:out_channels]
         groups = in_channels if self.depthwise else 1
         conv = F.conv1d if self.dims == 1 else F.conv2d
-        return conv(x, weight, bias, self.stride, kernel_size // 2, groups=groups)
+        return conv(x, weight, bias, self.stride, padding, groups=groups)
 
     def copy_to(self, conv: nn.Conv1d | nn.Conv2d) -> None:
         """Copy the slice that ``conv``'s shape selects into it."""
@@ -129,65 +145,6 @@ class ElasticBatchNorm(nn.Module):
             bn.bias.copy_(self.bias[:c])
             bn.running_mean.copy_(self.running_mean[:c])
             bn.running_var.copy_(self.running_var[:c])
-
-
-def data_parallel() -> bool:
-    """Whether this process is one of several in an initialised ``torch.distributed`` group."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-class _SumOverProcesses(torch.autograd.Function):
-    """An all-reduced sum whose gradient is the all-reduced sum of the gradients: every
-    process's loss depends on every process's input through the sum."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:
-        x = x.clone()
-        dist.all_reduce(x)
-        return x
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
-        grad = grad.clone()
-        dist.all_reduce(grad)
-        return grad
-
-
-def batch_norm(
-    x: Tensor,
-    running_mean: Tensor,
-    running_var: Tensor,
-    weight: Tensor,
-    bias: Tensor,
-    training: bool,
-    momentum: float,
-    eps: float,
-) -> Tensor:
-    """``F.batch_norm``, except that in training mode under data-parallel training the batch
-    statistics are those of the global batch: every process's per-channel sums and counts,
-    then its sums of squared deviations from the global mean, are all-reduced (differentiably,
-    so that each process's gradient also flows through the other processes' rows). The result
-    equals one process normalising the whole global batch, up to float rounding. Every process
-    must call it for the same layers in the same order, which the same sampled subnet on every
-    process guarantees.
-    """
-    if not training or not data_parallel():
-        return F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
-    c = x.shape[1]
-    axes = [0, *range(2, x.dim())]
-    shape = (1, c) + (1,) * (x.dim() - 2)
-    wide = x.to(torch.promote_types(x.dtype, torch.float32))  # half precision sums badly
-    count = torch.full((1,), x.numel() // c, dtype=wide.dtype, device=x.device)
-    totals = _SumOverProcesses.apply(torch.cat([wide.sum(axes), count]))
-    n = totals[-1].detach()
-    mean = totals[:c] / n
-    centred = wide - mean.view(shape)  # two passes, as F.batch_norm: no cancellation
-    var = _SumOverProcesses.apply((centred * centred).sum(axes)) / n
-    with torch.no_grad():
-        running_mean.lerp_(mean.detach().to(running_mean.dtype), momentum)
-        running_var.lerp_((var.detach() * n / (n - 1)).to(running_var.dtype), momentum)
-    scale = weight * torch.rsqrt(var + eps)
-    return (centred * scale.view(shape) + bias.view(shape)).to(x.dtype)
 
 
 class ElasticLinear(nn.Module):

@@ -39,7 +39,7 @@ from search_spaces.base import (
     layer_signature,
     register_space,
 )
-from search_spaces.elastic import ElasticBatchNorm, ElasticConv2d
+from search_spaces.elastic import ElasticBatchNorm, ElasticConv2d, first_channels
 from search_spaces.standalone.mobilenetv3_net import (
     ACTIVATIONS,
     Block,
@@ -299,10 +299,16 @@ class ElasticSqueezeExcite(nn.Module):
         self.reduce = ElasticConv2d(max_channels, se_width(max_channels), 1, bias=True)
         self.expand = ElasticConv2d(se_width(max_channels), max_channels, 1, bias=True)
 
-    def forward(self, x: Tensor) -> Tensor:
-        channels = x.shape[1]
-        s = torch.relu(self.reduce(x.mean((2, 3), keepdim=True), se_width(channels), 1))
-        return x * F.hardsigmoid(self.expand(s, channels, 1))
+    def forward(self, x: Tensor, channels: int | None = None) -> Tensor:
+        """``channels``: the active ones, where ``x`` is at full width with the others zero
+        (``ElasticBlock``'s fixed shapes); then the hidden units are masked alike."""
+        if channels is None:
+            channels = x.shape[1]
+            s = torch.relu(self.reduce(x.mean((2, 3), keepdim=True), se_width(channels), 1))
+            return x * F.hardsigmoid(self.expand(s, channels, 1))
+        full = self.reduce.weight.shape[0]
+        s = torch.relu(self.reduce(x.mean((2, 3), keepdim=True), full, 1))
+        return x * F.hardsigmoid(self.expand(first_channels(s, se_width(channels)), x.shape[1], 1))
 
     def copy_to(self, se: nn.Module) -> None:
         self.reduce.copy_to(se.reduce)
@@ -326,11 +332,30 @@ class ElasticBlock(nn.Module):
         self.out = out
         self.residual = stride == 1 and in_channels == out
 
-    def forward(self, x: Tensor, mid: int, kernel: int) -> Tensor:
-        y = self.act(self.expand_bn(self.expand(x, mid, 1)))
-        y = self.act(self.depthwise_bn(self.depthwise(y, mid, kernel)))
-        if self.se is not None:
-            y = self.se(y)
+    def forward(self, x: Tensor, mid: int, kernel: int, fixed_shapes: bool = False) -> Tensor:
+        """The block at hidden width ``mid`` and kernel ``kernel``.
+
+        With ``fixed_shapes`` every convolution runs at the block's largest shape: the hidden
+        channels beyond ``mid`` are zeroed after each activation and the kernel's centre is
+        zero-padded to the largest kernel. The output and the gradients equal those of the
+        sliced layers (the zeros add nothing); only the batch norms' running statistics of the
+        inactive channels move too. Why: cuDNN builds an execution plan for every new
+        convolution shape, milliseconds of CPU each, and random subnets bring new shapes at
+        almost every step; at fixed shapes a GPU sees one set per resolution.
+        """
+        if not fixed_shapes:
+            y = self.act(self.expand_bn(self.expand(x, mid, 1)))
+            y = self.act(self.depthwise_bn(self.depthwise(y, mid, kernel)))
+            y = self.se(y) if self.se is not None else y
+            return self._end(x, y)
+        full = self.expand.weight.shape[0]
+        y = first_channels(self.act(self.expand_bn(self.expand(x, full, 1))), mid)
+        y = self.depthwise(y, full, kernel, pad_to_max=True)
+        y = first_channels(self.act(self.depthwise_bn(y)), mid)
+        y = self.se(y, mid) if self.se is not None else y
+        return self._end(x, y)
+
+    def _end(self, x: Tensor, y: Tensor) -> Tensor:
         y = self.project_bn(self.project(y, self.out, 1))
         return x + y if self.residual else y
 
@@ -368,15 +393,19 @@ class MobileNetV3Supernet(Supernet):
         self.stages = nn.ModuleList(stages)
         self.final_expand, self.final_bn = template.final_expand, template.final_bn
         self.feature_mix, self.classifier = template.feature_mix, template.classifier
+        self.fixed_shapes: bool | None = None
 
     def forward(self, x: Tensor, config: Mapping[str, int]) -> Tensor:
+        """``fixed_shapes`` (``ElasticBlock.forward``) is on for inputs on a GPU, unless the
+        attribute ``fixed_shapes`` says otherwise."""
         arch = self.space.arch(config)
+        fixed = x.is_cuda if self.fixed_shapes is None else self.fixed_shapes
         x = resize((x - self.input_mean) / self.input_std, arch["resolution"])
         x = F.hardswish(self.stem_bn(self.stem(x)))
         x = self.first(x)
         for stage, stage_arch in zip(self.stages, arch["stages"], strict=True):
             for block, block_arch in zip(stage, stage_arch["blocks"], strict=False):
-                x = block(x, block_arch["mid"], block_arch["kernel"])
+                x = block(x, block_arch["mid"], block_arch["kernel"], fixed)
         x = F.hardswish(self.final_bn(self.final_expand(x)))
         x = F.hardswish(self.feature_mix(x.mean((2, 3), keepdim=True)))
         return self.classifier(x.flatten(1))

@@ -63,6 +63,28 @@ def test_edge_configs_match(space: MobileNetV3Space, supernet: Supernet, edge: s
     assert_extract_matches(supernet, config, samples((3, size, size), 3, 2))
 
 
+@seeded(6)
+@given(seed=SEEDS)
+def test_fixed_shapes_train_like_sliced_layers(space: MobileNetV3Space, seed: int) -> None:
+    """The GPU path (full-width convolutions, inactive channels zeroed, kernels zero-padded)
+    computes the sliced path's loss and gradients in training mode, in float64."""
+    config = space.sample(np.random.default_rng(seed))
+    x, y = samples(SHAPE, 4, seed).double(), torch.arange(4) % space.num_classes
+    results = []
+    for fixed in (False, True):
+        net = randomised_supernet(space).double().train()
+        net.fixed_shapes = fixed
+        loss = nn.functional.cross_entropy(net(x, config), y)
+        loss.backward()
+        grads = {name: p.grad for name, p in net.named_parameters() if p.grad is not None}
+        results.append((loss.detach(), grads))
+    (sliced_loss, sliced), (fixed_loss, fixed) = results
+    torch.testing.assert_close(fixed_loss, sliced_loss, rtol=0, atol=1e-12)
+    assert sliced.keys() == fixed.keys()
+    for name, grad in sliced.items():
+        torch.testing.assert_close(fixed[name], grad, rtol=0, atol=1e-10, msg=name)
+
+
 def test_batch_norm_statistics_matter(space: MobileNetV3Space, supernet: Supernet) -> None:
     config = space.max()
     net = supernet.extract(config)

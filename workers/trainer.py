@@ -35,7 +35,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from search_spaces import Supernet, get_space
-from search_spaces.elastic import data_parallel
+from search_spaces.global_batch_norm import data_parallel
 from workers.datasets import Splits, load_dataset
 from workers.evaluator import accuracy, recalibrate_batchnorm
 
