@@ -5,8 +5,8 @@ module between calls) and can copy its active slice into a plain ``torch.nn`` la
 ``copy_to``, which is how subnets are extracted.
 
 Every batch norm of a supernet is an ``ElasticBatchNorm`` (at full width where the width does
-not change), so that data-parallel training, which normalises over the global batch, reaches
-all of them.
+not change) or a ``global_batch_norm.GlobalBatchNorm``, so that data-parallel training, which
+normalises over the global batch, reaches all of them.
 """
 
 from __future__ import annotations

@@ -1,7 +1,10 @@
-"""Batch norm over the global batch of data-parallel training, for elastic layers.
+"""Batch norm over the global batch of data-parallel training, for every batch norm of a supernet.
 
 ``nn.SyncBatchNorm`` is a module of fixed width; an elastic batch norm normalises a different
-number of channels at every call, so it calls ``batch_norm`` here with its active slices.
+number of channels at every call, so it calls ``batch_norm`` here with its active slices. The
+fixed-width batch norms a supernet shares with its static networks become ``GlobalBatchNorm``
+(``with_global_batch_norms``), which keeps ``nn.BatchNorm``'s state, so extraction still loads
+them into the plain layers of a static network.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 
 def data_parallel() -> bool:
@@ -120,3 +123,38 @@ class _FusedGlobalBatchNorm(torch.autograd.Function):
             grad, x, mean, invstd, weight, sum_dy, sum_dy_xmu, counts
         )
         return grad_x, grad_weight, grad_bias, None, None, None, None
+
+
+class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """``nn.BatchNorm1d``/``2d``/``3d`` (any input rank), normalising over the global batch in
+    training mode under data-parallel training (``batch_norm``); its state is theirs."""
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2-D input, got {input.dim()}-D")
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not (self.training and data_parallel()):
+            return super().forward(x)
+        self.num_batches_tracked.add_(1)
+        # momentum None: a cumulative average, as nn.BatchNorm keeps it
+        momentum = 1 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        return batch_norm(
+            x, self.running_mean, self.running_var, self.weight, self.bias, True, momentum, self.eps
+        )
+
+
+def with_global_batch_norms(module: nn.Module) -> nn.Module:
+    """``module``, with every plain ``nn.BatchNorm*d`` in it replaced (in place) by a
+    ``GlobalBatchNorm`` holding the same settings and state."""
+    for name, child in module.named_children():
+        if isinstance(child, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
+            replacement = GlobalBatchNorm(
+                child.num_features, child.eps, child.momentum, child.affine,
+                child.track_running_stats,
+            )  # fmt: skip
+            replacement.load_state_dict(child.state_dict())
+            setattr(module, name, replacement)
+        else:
+            with_global_batch_norms(child)
+    return module

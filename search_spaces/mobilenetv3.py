@@ -40,6 +40,7 @@ from search_spaces.base import (
     register_space,
 )
 from search_spaces.elastic import ElasticBatchNorm, ElasticConv2d, first_channels
+from search_spaces.global_batch_norm import with_global_batch_norms
 from search_spaces.standalone.mobilenetv3_net import (
     ACTIVATIONS,
     Block,
@@ -369,14 +370,15 @@ class MobileNetV3Supernet(Supernet):
     """Runs every config of a ``MobileNetV3Space``; blocks beyond a stage's depth are skipped.
 
     The layers that no dimension changes (stem, first block, final expansion, feature mix,
-    classifier) are the static network's own modules.
+    classifier) are the static network's own modules, their batch norms made global
+    (``GlobalBatchNorm``) for data-parallel training.
     """
 
     def __init__(self, space: MobileNetV3Space, input_mean: float = 0.0, input_std: float = 1.0):
         super().__init__()
         self.space = space
         largest = space.arch(space.max())
-        template = MobileNetV3Net(largest)
+        template = with_global_batch_norms(MobileNetV3Net(largest))
         self.register_buffer("input_mean", torch.tensor(float(input_mean)))
         self.register_buffer("input_std", torch.tensor(float(input_std)))
         self.stem, self.stem_bn, self.first = template.stem, template.stem_bn, template.first
