@@ -107,9 +107,7 @@ def input_shape(args: argparse.Namespace) -> tuple[int, ...]:
 
 
 def run(args: argparse.Namespace, workers: int, scratch: Path) -> dict[str, Any]:
-    shape = (
-        (args.channels, args.resolution, args.resolution) if args.channels else (args.resolution,)
-    )
+    shape = input_shape(args)
     kwargs = space_kwargs(args.space, shape, args.classes) | json.loads(args.space_options)
     space = search_spaces.get_space(args.space, **kwargs)
     out = scratch / f"workers-{workers}.json"

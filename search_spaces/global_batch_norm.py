@@ -52,9 +52,9 @@ def batch_norm(
     then its sums of squared deviations from the global mean, are all-reduced (differentiably,
     so that each process's gradient also flows through the other processes' rows). The result
     equals one process normalising the whole global batch, up to float rounding. On GPUs
-    ``_FusedGlobalBatchNorm`` computes the same with fused kernels. Every process
-    must call it for the same layers in the same order, which the same sampled subnet on every
-    process guarantees.
+    ``_FusedGlobalBatchNorm`` computes the same with fused kernels. Every process must call it
+    for the same layers in the same order, which the same sampled subnet on every process
+    guarantees.
     """
     if not training or not data_parallel():
         return F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)

@@ -302,14 +302,14 @@ class ElasticSqueezeExcite(nn.Module):
 
     def forward(self, x: Tensor, channels: int | None = None) -> Tensor:
         """``channels``: the active ones, where ``x`` is at full width with the others zero
-        (``ElasticBlock``'s fixed shapes); then the hidden units are masked alike."""
-        if channels is None:
-            channels = x.shape[1]
-            s = torch.relu(self.reduce(x.mean((2, 3), keepdim=True), se_width(channels), 1))
-            return x * F.hardsigmoid(self.expand(s, channels, 1))
-        full = self.reduce.weight.shape[0]
-        s = torch.relu(self.reduce(x.mean((2, 3), keepdim=True), full, 1))
-        return x * F.hardsigmoid(self.expand(first_channels(s, se_width(channels)), x.shape[1], 1))
+        (``ElasticBlock``'s fixed shapes); then the hidden units run at full width too, those
+        beyond the active hidden width zeroed."""
+        fixed = channels is not None
+        hidden = self.reduce.weight.shape[0] if fixed else se_width(x.shape[1])
+        s = torch.relu(self.reduce(x.mean((2, 3), keepdim=True), hidden, 1))
+        if fixed:
+            s = first_channels(s, se_width(channels))
+        return x * F.hardsigmoid(self.expand(s, x.shape[1], 1))
 
     def copy_to(self, se: nn.Module) -> None:
         self.reduce.copy_to(se.reduce)
