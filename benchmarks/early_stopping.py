@@ -59,6 +59,12 @@ GRID = [
     replace(DEFAULT, fallback_keep=0.5, patience=3),
     replace(DEFAULT, threshold=0.3, min_finished=5, fallback_keep=0.3),
     replace(DEFAULT, threshold=0.5, patience=1, min_finished=5, fallback_keep=0.3),
+    # cheaper: compared with the best finished run only, and judged on one epoch
+    replace(DEFAULT, k=1, min_finished=5),
+    replace(DEFAULT, k=1, min_finished=5, threshold=0.15),
+    replace(DEFAULT, k=1, min_finished=5, threshold=0.1, patience=1),
+    replace(DEFAULT, k=1, min_finished=5, threshold=0.15, patience=1),
+    replace(DEFAULT, k=1, min_finished=5, threshold=0.3, patience=1),
 ]
 FIGURES = ("epochs_fraction", "p_best_kept", "top3_recall", "mean_regret")
 

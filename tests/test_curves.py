@@ -143,6 +143,45 @@ def test_predictor_on_real_curves_ranks_and_covers() -> None:
         assert 0.0 <= p.low <= p.mean <= p.high <= 1.0
 
 
+def test_a_run_ahead_of_every_finished_run_is_predicted_ahead_and_kept() -> None:
+    """Finished runs that all ended near 0.65, whatever their start (their final value is best
+    predicted as such); a run already at 0.85 and climbing must be predicted above the best of
+    them, and the strictest rule (compare with the best finished run) must keep it."""
+    rng = np.random.default_rng(4)
+    curves = [synthetic_run(rng, float(rng.uniform(0.64, 0.66)), speed) for speed in
+              np.linspace(1.5, 6.0, 15)]  # fmt: skip
+    configs = [{"optimizer": "sgd", "lr": 0.01}] * 15
+    predictor = LearningCurvePredictor(bounds=(0, 1)).fit(curves, configs)
+    finals = [c[-1] for c in curves]
+    leader = synthetic_run(np.random.default_rng(9), quality=0.95, speed=2.0)[:6]
+    assert leader[-1] > max(finals)
+    prediction = predictor.predict(leader, configs[0])
+    assert prediction.mean > max(finals)
+    rule = StoppingRule(predictor, k=1, threshold=0.3, patience=1, min_finished=5)
+    assert not rule.decide(leader, configs[0], finals).stop
+
+
+def test_a_run_unlike_the_finished_runs_gets_a_wider_interval() -> None:
+    """Nearest-neighbour scores are normalised by how far the neighbours are: the same curve
+    with a config far outside everything fitted on gets a wider interval."""
+    curves, configs = synthetic_runs(40, seed=5)
+    predictor = LearningCurvePredictor(config_weights=(1.0,)).fit(curves, configs)
+    seen = predictor.predict(curves[0][:6], configs[0])
+    unseen = predictor.predict(curves[0][:6], {**configs[0], "lr": 1e-30})
+    assert unseen.high - unseen.low > seen.high - seen.low
+
+
+def test_finished_runs_that_never_moved_still_give_a_distribution() -> None:
+    """Three finished runs of a quantised accuracy that sat on one value: no spread at all
+    among them, and still a finite, proper distribution (not a division by zero)."""
+    flat = [[0.5, 0.75, 0.75, 0.75, 0.75]] * 3
+    predictor = LearningCurvePredictor(bounds=(0, 1)).fit(flat, [{}] * 3)
+    prediction = predictor.predict([0.5, 0.75], {})
+    assert math.isfinite(prediction.spread) and prediction.spread > 0
+    assert 0.0 <= prediction.prob_above(0.75) <= 1.0
+    assert prediction.prob_above(0.9) < prediction.prob_above(0.5)
+
+
 def test_predictor_errors_are_nas_errors() -> None:
     with pytest.raises(NasError, match="not fitted"):
         LearningCurvePredictor().predict([0.1], {})

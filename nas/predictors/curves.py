@@ -15,7 +15,8 @@ calibrated predictive distribution, not a point:
   accuracy): near its bound an accuracy moves by ever smaller steps, and one spread for all
   runs would make a run at 0.99 as uncertain as one at 0.6. Leave-one-out errors divided by
   the neighbours' spread (with a floor of reading noise, stretched as sampling noise is near
-  a bound) are conformal scores; their empirical distribution (pooled over nearby ``t``)
+  a bound, and widened for a run farther from its neighbours than finished runs are from
+  theirs) are conformal scores; their empirical distribution (pooled over nearby ``t``)
   turns ``loc + spread * score`` into a predictive distribution whose intervals hold their
   coverage on new runs.
 - ``StoppingRule`` stops a run when the probability that it ends above the ``k``-th best
@@ -214,7 +215,9 @@ class _PrefixModel:
     """Finished runs seen at prefix length ``t``: their standardised curve and config features,
     their final values, and the settings that predicted them best by leave-one-out error: the
     ``k`` nearest runs in ``curve distance + config_weight * config distance``, and the
-    ``anchor`` (``ANCHORS``) that the neighbours' changes are added to."""
+    ``anchor`` (``ANCHORS``) that the neighbours' changes are added to. ``typical_distance``
+    is the median distance of a finished run to its neighbours: a run farther from its
+    neighbours than that gets a wider spread (``difficulty``)."""
 
     curve_center: np.ndarray
     curve_scale: np.ndarray
@@ -226,6 +229,7 @@ class _PrefixModel:
     anchor: int
     k: int
     config_weight: float
+    typical_distance: float
     noise: float
     noise_factor: Callable[[np.ndarray], np.ndarray]
 
@@ -264,10 +268,14 @@ class _PrefixModel:
         change = changes[:, anchor]
         near = change[neighbours]
         mean = near.mean(axis=1)
+        near_distance = np.take_along_axis(distances[w], neighbours, axis=1).mean(axis=1)
+        typical = float(np.median(near_distance))
+        typical = typical if typical > 1e-12 else 1.0
         scale = np.sqrt(near.var(axis=1) + (noise * noise_factor(curve_x[:, 0])) ** 2)
+        scale *= difficulty(near_distance, typical)
         model = cls(
             curve_center, curve_scale, curve_z, config_center, config_scale, config_z,
-            change, anchor, k, float(weights[w]), noise, noise_factor,
+            change, anchor, k, float(weights[w]), typical, noise, noise_factor,
         )  # fmt: skip
         return model, (change - mean) / scale
 
@@ -283,18 +291,31 @@ class _PrefixModel:
             nearest = np.arange(len(distance))
         near = self.change[nearest]
         mean, var = float(near.mean()), float(near.var())
-        anchor = (curve_x[0], curve_x[1], 0.0)[self.anchor]
+        anchor = curve_x[self.anchor]  # ANCHORS are the first columns of the summary
         noise = self.noise * float(self.noise_factor(curve_x[0]))
-        return float(anchor + mean), math.sqrt(var + noise**2)
+        stretch = float(difficulty(distance[nearest].mean(), self.typical_distance))
+        return float(anchor + mean), math.sqrt(var + noise**2) * stretch
 
 
-ANCHORS = ("last", "mean_last3", "zero")
+ANCHORS = ("last", "mean_last3")
 
 
 def _anchors(curve_x: np.ndarray) -> np.ndarray:
-    """What the predicted change is added to: the last value, the mean of the last three, or
-    nothing (the final value is predicted directly)."""
-    return np.column_stack([curve_x[:, 0], curve_x[:, 1], np.zeros(len(curve_x))])
+    """What the predicted change is added to: the last value or the mean of the last three
+    (the first two columns of ``curve_summary``). Never nothing: a final value predicted
+    directly as the neighbours' mean can never exceed the best finished run's, so a rule
+    comparing with the best would stop every run that is about to beat it."""
+    return curve_x[:, : len(ANCHORS)]
+
+
+def difficulty(near_distance: Any, typical_distance: float) -> Any:
+    """How much wider a prediction's spread is for a run whose ``k`` neighbours lie at mean
+    squared distance ``near_distance``, against ``typical_distance``, that of a finished run
+    to its own: the ratio of the root distances, never below 1 (normalised nearest-neighbour
+    conformal scores, as in Papadopoulos et al., 2011). The finished runs of a search are
+    mostly its survivors; a loser lies far from all of them, its neighbours' changes say
+    less about its own, and without this its intervals would be too narrow."""
+    return np.sqrt(np.maximum(1.0, np.asarray(near_distance) / typical_distance))
 
 
 def _standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -371,7 +392,7 @@ class MetricScale:
         z = np.asarray(values, dtype=float)
         lo, hi = self.low, self.high
         if math.isfinite(lo) and math.isfinite(hi):
-            return lo + (hi - lo) / (1.0 + np.exp(-z))
+            return lo + (hi - lo) * 0.5 * (1.0 + np.tanh(z / 2))  # the logistic, no overflow
         if math.isfinite(lo):
             return lo + np.exp(z)
         if math.isfinite(hi):
@@ -462,13 +483,14 @@ class LearningCurvePredictor:
     For each prefix length ``t`` the model is a nearest-neighbour regression on the prefix's
     summary (``curve_summary``) and the config's features: the ``k`` finished runs nearest in
     ``curve distance + w * config distance`` (standardised features) give their mean change
-    from an anchor (the last value, the mean of the last three, or nothing) to their final
+    from an anchor (the last value or the mean of the last three) to their final
     value; ``k`` in ``ks``, ``w`` in ``config_weights`` and the anchor are picked by exact
     leave-one-out error. All of this happens where the metric is modelled (``scale_``, a
     ``MetricScale``: the logit of a metric bounded on both sides, e.g. an accuracy). The spread
     is that of those neighbours' changes together with a floor of reading noise, ``noise_``
     (how far finished runs' finals still land from their late values) times the
-    ``MetricScale.noise_factor`` at the run's last value. Leave-one-out errors divided by
+    ``MetricScale.noise_factor`` at the run's last value, stretched by ``difficulty`` for a
+    run far from its neighbours. Leave-one-out errors divided by
     their spread are the conformal scores; pooled over prefix lengths within ``pool * T`` of
     ``t``, their empirical distribution gives the probabilities and the central interval of
     probability ``level``. ``bounds`` is the metric's possible range (``(0, 1)`` for an
@@ -527,7 +549,10 @@ class LearningCurvePredictor:
             raise ValueError(f"bounds must be (low, high) with low < high, got {self.bounds}")
         self.scale_ = _metric_scale(self.bounds_, self.resolution_)
         y, final = self.scale_.forward(y), self.scale_.forward(final)
-        noise = curve_noise(y, final, noise_factor=self.scale_.noise_factor)
+        # at least the rounding noise of a quantised metric, and never 0: a few finished runs
+        # that ended exactly where they were late on must not give a spread of 0
+        rounding = self.resolution_ / math.sqrt(12) / (self.bounds_[1] - self.bounds_[0])
+        noise = max(curve_noise(y, final, noise_factor=self.scale_.noise_factor), rounding, 1e-9)
         models, raw_scores = [], []
         for t in range(1, horizon):
             model, scores = _PrefixModel.fit(
