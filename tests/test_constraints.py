@@ -98,7 +98,7 @@ def test_latency_predictor_quality_is_stored_with_the_job(
     status = json.loads(out)
     assert code == 0 and set(status["latency_predictors"]) == {"cpu"}  # the constrained one
     cpu = status["latency_predictors"]["cpu"]
-    assert cpu["layers"] == 364 and cpu["fitted_on"] == 5
+    assert cpu["layers"] == 124 and cpu["fitted_on"] == 5  # the narrowed space's distinct layers
     assert set(cpu["held_out"]) >= {"within_10", "mape", "spearman", "n"}
     for iteration in status["search"][1:]:
         assert iteration["predictors"]["latency_ms@cpu"]["model"] == "layer-table+linear"
