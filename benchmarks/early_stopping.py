@@ -5,7 +5,7 @@ Pass the curve files (one JSON object per line, ``.jsonl`` or ``.jsonl.gz``: ``i
 
     .venv/bin/python benchmarks/early_stopping.py RUNS_A.jsonl.gz RUNS_B.jsonl.gz
 
-On one core it takes a few minutes per file. It writes ``benchmarks/results/early_stopping.json``
+About ten minutes per file on one core. It writes ``benchmarks/results/early_stopping.json``
 (every figure) and ``early_stopping.md`` (the tables), and does, on the same random orders for
 every method (``--orders`` random subsets of ``--subset`` curves, each in a random order):
 

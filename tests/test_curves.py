@@ -148,8 +148,8 @@ def test_a_run_ahead_of_every_finished_run_is_predicted_ahead_and_kept() -> None
     predicted as such); a run already at 0.85 and climbing must be predicted above the best of
     them, and the strictest rule (compare with the best finished run) must keep it."""
     rng = np.random.default_rng(4)
-    curves = [synthetic_run(rng, float(rng.uniform(0.64, 0.66)), speed) for speed in
-              np.linspace(1.5, 6.0, 15)]  # fmt: skip
+    speeds = np.linspace(1.5, 6.0, 15)
+    curves = [synthetic_run(rng, float(rng.uniform(0.64, 0.66)), speed) for speed in speeds]
     configs = [{"optimizer": "sgd", "lr": 0.01}] * 15
     predictor = LearningCurvePredictor(bounds=(0, 1)).fit(curves, configs)
     finals = [c[-1] for c in curves]
