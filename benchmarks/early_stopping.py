@@ -5,7 +5,8 @@ Pass the curve files (one JSON object per line, ``.jsonl`` or ``.jsonl.gz``: ``i
 
     .venv/bin/python benchmarks/early_stopping.py RUNS_A.jsonl.gz RUNS_B.jsonl.gz
 
-About ten minutes per file on one core. It writes ``benchmarks/results/early_stopping.json``
+About ten minutes per file on one core; ``--jobs N`` replays the methods in N processes. It
+writes ``benchmarks/results/early_stopping.json``
 (every figure) and ``early_stopping.md`` (the tables), and does, on the same random orders for
 every method (``--orders`` random subsets of ``--subset`` curves, each in a random order):
 
@@ -14,11 +15,16 @@ every method (``--orders`` random subsets of ``--subset`` curves, each in a rand
    and regret; against each Optuna pruner, the cheapest setting of ours whose mean regret is
    no higher than the pruner's ("at equal or lower regret, fewer epochs?");
 3. generalisation: the setting tuned on file A (the cheapest in the sweep that keeps the true
-   best with probability >= 0.95 and the true top 3 with recall >= 0.90 there), with its
+   best with probability >= 0.95 and the true top 3 with recall >= 0.90 there, with a margin
+   of about one standard error, ``TUNING_MARGIN``), with its
    figures on every other file B (predictors are always fitted on B's own finished runs:
    what transfers is the rule's settings); and the defaults, one setting for every file,
    against every target on each;
-4. decision latency: ``StoppingRule.decide`` on one core, predictor fitted on 30 runs.
+4. decision latency: ``StoppingRule.decide`` on one core, predictor fitted on 30 runs;
+5. early ranking: how well the predicted final, and the value itself, rank held-out runs at
+   epochs 1, 2, 4 and 8, for a predictor fitted on 10, 20 or 40 runs (why the aggressive
+   Optuna pruners, which rank on the value alone, are hard to beat while few runs have
+   finished).
 """
 
 from __future__ import annotations
@@ -29,11 +35,13 @@ import platform
 import random
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.stats import spearmanr
 
 from nas.predictors.curves import LearningCurvePredictor
 from nas.predictors.replay import (
@@ -48,6 +56,11 @@ from nas.predictors.replay import (
 
 RESULTS = Path(__file__).parent / "results"
 TARGETS = {"epochs_fraction": 0.35, "p_best_kept": 0.95, "top3_recall": 0.90}
+# Tuning on a file asks for this much more than the keep targets: about one standard error of
+# each figure at 50 orders (binomial, 0.03 at p = 0.95; 0.02 for a recall of 0.9 over 3 runs
+# an order). The cheapest setting that only just meets a target on one file is as likely to
+# miss it on the next as not.
+TUNING_MARGIN = {"p_best_kept": 0.03, "top3_recall": 0.02}
 COVERAGE = (0.85, 0.95)
 DEFAULT = RuleSettings()
 GRID = [
@@ -56,6 +69,9 @@ GRID = [
     replace(DEFAULT, threshold=0.1),
     replace(DEFAULT, threshold=0.2),
     replace(DEFAULT, decay=0.0),
+    # more evidence before a stop, a higher bar for keeping
+    replace(DEFAULT, patience=4, threshold=0.15),
+    replace(DEFAULT, patience=4, threshold=0.2),
     replace(DEFAULT, fallback_keep=0.5, patience=3),
     replace(DEFAULT, threshold=0.3, min_finished=5, fallback_keep=0.3),
     replace(DEFAULT, threshold=0.5, patience=1, min_finished=5, fallback_keep=0.3),
@@ -93,22 +109,30 @@ def meets_all(row: dict[str, Any]) -> bool:
     )
 
 
-def meets(row: dict[str, Any]) -> bool:
-    return (
-        row["p_best_kept"] >= TARGETS["p_best_kept"]
-        and row["top3_recall"] >= TARGETS["top3_recall"]
-    )
+def meets(row: dict[str, Any], margin: dict[str, float] | None = None) -> bool:
+    """The keep targets, each raised by ``margin``."""
+    margin = margin or {}
+    return all(row[k] >= TARGETS[k] + margin.get(k, 0.0) for k in ("p_best_kept", "top3_recall"))
 
 
-def sweep(curves: CurveSet, args: argparse.Namespace) -> list[dict[str, Any]]:
-    methods = [LearningCurveMethod(s, name=label(s)) for s in GRID]
-    report = replay(curves, methods, orders=args.orders, subset=args.subset, seed=args.seed)
-    return [{"settings": asdict(s), **m} for s, m in zip(GRID, report["methods"], strict=True)]
+def replay_one(
+    path: str, metric: str, method: str, index: int, args: argparse.Namespace
+) -> dict[str, Any]:
+    """One method's replay report: ``default_methods()[index]`` or ``GRID[index]``. Methods are
+    rebuilt in the process that replays them (Optuna's pruner factories do not pickle)."""
+    curves = load_curves(path, metric)
+    chosen = default_methods()[index] if method == "main" else _sweep_method(GRID[index])
+    return replay(curves, [chosen], orders=args.orders, subset=args.subset, seed=args.seed)
+
+
+def _sweep_method(settings: RuleSettings) -> LearningCurveMethod:
+    return LearningCurveMethod(settings, name=label(settings))
 
 
 def tuned(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The cheapest setting that meets the keep targets (else the one that keeps the best most)."""
-    good = [r for r in rows if meets(r)]
+    """The cheapest setting that meets the keep targets with ``TUNING_MARGIN`` (else the one
+    that keeps the best most)."""
+    good = [r for r in rows if meets(r, TUNING_MARGIN)]
     if good:
         return min(good, key=lambda r: r["epochs_fraction"])
     return max(rows, key=lambda r: (r["p_best_kept"], r["top3_recall"], -r["epochs_fraction"]))
@@ -160,13 +184,44 @@ def latency(curves: CurveSet, seed: int) -> dict[str, float]:
     }
 
 
+def early_ranking(curves: CurveSet, seed: int, repeats: int = 8) -> list[dict[str, Any]]:
+    """Spearman correlation with the true final of held-out runs (100, or what is left) of
+    their value at epoch ``t`` and of the final predicted from their first ``t`` epochs, for a
+    predictor fitted on ``fitted_on`` random runs; mean over ``repeats`` random splits."""
+    rng = np.random.default_rng(seed)
+    bounds = fraction_bounds(curves.values)
+    rows = []
+    for fitted_on in (10, 20, 40):
+        rho: dict[int, list[tuple[float, float]]] = {t: [] for t in (1, 2, 4, 8)}
+        for _ in range(repeats):
+            order = rng.permutation(len(curves.ids))
+            train, test = order[:fitted_on], order[fitted_on : fitted_on + 100]
+            predictor = LearningCurvePredictor(bounds=bounds).fit(
+                curves.values[train], [curves.configs[i] for i in train]
+            )
+            finals = curves.values[test, -1]
+            for t in rho:
+                means = [
+                    predictor.predict(curves.values[i, :t], curves.configs[i]).mean for i in test
+                ]
+                rho[t].append(
+                    (spearmanr(curves.values[test, t - 1], finals)[0], spearmanr(means, finals)[0])
+                )
+        for t, pairs in rho.items():
+            value, predicted = np.mean(pairs, axis=0)
+            rows.append(
+                {"fitted_on": fitted_on, "epoch": t, "value": value, "predicted": predicted}
+            )
+    return rows
+
+
 def markdown(result: dict[str, Any]) -> str:
     lines = [
         "# Early stopping on real learning curves",
         "",
         f"{result['orders']} random orders of {result['subset']} curves per file, "
-        f"{result['seconds']:.0f} s on one core. Produced by `benchmarks/early_stopping.py`; "
-        "every figure is in `early_stopping.json`.",
+        f"{result['seconds']:.0f} s in {result['jobs']} process(es). Produced by "
+        "`benchmarks/early_stopping.py`; every figure is in `early_stopping.json`.",
         "",
         "Targets for ours: epochs <= 35%, P(best kept) >= 0.95, top-3 recall >= 0.90, "
         "90% interval coverage in [0.85, 0.95]; at equal or lower regret, fewer epochs than "
@@ -241,9 +296,11 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "## Generalisation: tuned on one file, evaluated on the other",
         "",
-        "The cheapest setting of the sweep that keeps the best with probability >= 0.95 and "
-        "the top 3 with recall >= 0.90 on the file it is tuned on, then replayed on the other "
-        "(its predictor fitted on that file's own finished runs). Targets met: every target, "
+        "The cheapest setting of the sweep that keeps the best with probability >= "
+        f"{TARGETS['p_best_kept'] + TUNING_MARGIN['p_best_kept']:.2f} and the top 3 with recall "
+        f">= {TARGETS['top3_recall'] + TUNING_MARGIN['top3_recall']:.2f} on the file it is tuned "
+        "on (the targets plus about one standard error), then replayed on the other (its "
+        "predictor fitted on that file's own finished runs). Targets met: every target, "
         "coverage included.",
         "",
         "| tuned on | setting | evaluated on | epochs | P(best kept) | top-3 recall | "
@@ -258,6 +315,26 @@ def markdown(result: dict[str, Any]) -> str:
             f"{e['mean_regret']:.4f} | {fmt(e['coverage_90'])} | "
             f"{'yes' if g['targets_met'] else 'no'} |"
         )
+    lines += [
+        "",
+        "## Early ranking: the predicted final against the value itself",
+        "",
+        "Spearman correlation with the true final of 100 held-out runs, of their value at "
+        "epoch t and of the final our predictor gives from their first t epochs, fitted on "
+        "10, 20 or 40 runs (mean of 8 random splits). Optuna's median, percentile and "
+        "successive-halving pruners stop most runs after one or two epochs on their rank "
+        "there; while it ranks no better than the value, a predictor cannot stop those runs "
+        "more safely.",
+        "",
+        "| file | fitted on | epoch | value | predicted final |",
+        "|---|---|---|---|---|",
+    ]
+    for name, f in result["files"].items():
+        lines += [
+            f"| {name} | {r['fitted_on']} | {r['epoch']} | {r['value']:.2f} | "
+            f"{r['predicted']:.2f} |"
+            for r in f["early_ranking"]
+        ]
     lat = result["latency"]
     lines += [
         "",
@@ -283,20 +360,41 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--subset", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--jobs", type=int, default=1, help="processes replaying methods")
     args = parser.parse_args(argv)
     started = time.perf_counter()
+    names = {path: Path(path).name.split(".")[0] for path in args.files}
+    tasks = [
+        (path, method, index)
+        for path in args.files
+        for method, count in (("main", len(default_methods())), ("sweep", len(GRID)))
+        for index in range(count)
+    ]
+    print(f"replaying {len(tasks)} methods and settings in {args.jobs} processes", flush=True)
+    with ProcessPoolExecutor(args.jobs) as pool:
+        futures = {
+            task: pool.submit(replay_one, task[0], args.metric, task[1], task[2], args)
+            for task in tasks
+        }
+        ranking = {
+            path: pool.submit(early_ranking, load_curves(path, args.metric), args.seed)
+            for path in args.files
+        }
+        reports = {task: future.result() for task, future in futures.items()}
+        ranking = {path: future.result() for path, future in ranking.items()}
     files: dict[str, Any] = {}
     lat: dict[str, Any] = {}
-    for path in args.files:
+    for path, name in names.items():
         curves = load_curves(path, args.metric)
-        name = Path(path).name.split(".")[0]
-        print(f"{name}: {len(curves.ids)} runs, replaying every method", flush=True)
-        main_report = replay(
-            curves, default_methods(), orders=args.orders, subset=args.subset, seed=args.seed
-        )
+        main_report = reports[(path, "main", 0)]
+        main_report["methods"] = [
+            reports[(path, "main", i)]["methods"][0] for i in range(len(default_methods()))
+        ]
         main_report["file"] = Path(path).name  # results name the file, not where it lies
-        print(f"{name}: sweeping {len(GRID)} settings of ours", flush=True)
-        rows = sweep(curves, args)
+        rows = [
+            {"settings": asdict(settings), **reports[(path, "sweep", i)]["methods"][0]}
+            for i, settings in enumerate(GRID)
+        ]
         files[name] = {
             "runs": len(curves.ids),
             "epochs": curves.horizon,
@@ -304,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
             "sweep": rows,
             "versus_optuna": versus_optuna(main_report, rows),
             "defaults_meet_targets": meets_all(main_report["methods"][0]),
+            "early_ranking": ranking[path],
         }
         lat[name] = latency(curves, args.seed)
     generalisation = []
@@ -338,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
         "generalisation": generalisation,
         "latency": lat,
         "seconds": time.perf_counter() - started,
+        "jobs": args.jobs,
         "environment": {
             "python": platform.python_version(),
             "numpy": np.__version__,
