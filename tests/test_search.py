@@ -91,6 +91,19 @@ def test_subnet_predictor_ranks_held_out_subnets(space: SearchSpace) -> None:
     assert predictor.predict_spread(x[60:]).shape == (20,)
 
 
+def test_relevance_gaussian_process_finds_the_features_that_matter() -> None:
+    # y depends on two of six features, through their product: no ridge fit can rank it
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(70, 6))
+    y = (x[:, 0] - 0.5) * (x[:, 1] - 0.5)
+    gp = SubnetPredictor(candidates=["gaussian_process"], seed=0).fit(x[:50], y[:50])
+    ridge = SubnetPredictor(candidates=["ridge"], seed=0).fit(x[:50], y[:50])
+    assert gp.score(x[50:], y[50:])["spearman"] > 0.9
+    assert ridge.score(x[50:], y[50:])["spearman"] < 0.5
+    scales = gp.model_.model_.kernel_.k1.k2.length_scale
+    assert min(scales[2:]) > 5 * max(scales[:2])  # the irrelevant features: long scales
+
+
 def test_subnet_predictor_errors(space: SearchSpace) -> None:
     with pytest.raises(RuntimeError, match="not fitted"):
         SubnetPredictor().predict(np.zeros((1, 3)))
