@@ -45,12 +45,11 @@ def _candidates(seed: int) -> dict[str, Callable[[], RegressorMixin]]:
 class RelevanceGaussianProcess(RegressorMixin, BaseEstimator):
     """A Gaussian process with one length scale per feature (automatic relevance determination).
 
-    Subnet features mix one-hot choices with scaled sizes, and a dimension that does not matter
-    sits beside one that decides everything: one length scale for all of them fits neither.
-    With one each, a dimension that does not matter gets a long scale, and what a ridge fit
-    cannot express, interactions (a big kernel helps a shallow network, hurts a deep one), is
-    kept (the sampler's trials to 98% of a front, before and after: README, "Optuna
-    plug-ins").
+    Subnet features mix one-hot choices with scaled sizes, some deciding much and some nothing;
+    one length scale for all of them fits none. With one per feature, an irrelevant feature
+    gets a long scale, and interactions a ridge fit cannot express (a big kernel helps a
+    shallow network and hurts a deep one) are kept. The README's section on the Optuna sampler
+    gives its trials to 98% of a known front with one length scale and with one per feature.
     """
 
     def __init__(self, random_state: int | None = None):
@@ -69,8 +68,9 @@ class RelevanceGaussianProcess(RegressorMixin, BaseEstimator):
 
 
 #: The default choice for subnets of a trained supernet: the trees rank them best, and a
-#: Gaussian process costs seconds per fit there without ranking better (see
-#: benchmarks/accuracy_predictor.py). Cheap smooth problems may prefer it (the Optuna sampler).
+#: Gaussian process with one length scale for all features cost seconds per fit there without
+#: ranking better (see benchmarks/accuracy_predictor.py, which now also scores the one with a
+#: length scale per feature). Cheap smooth problems may prefer it (the Optuna sampler).
 CANDIDATES = ("ridge", "extra_trees", "gradient_boosting")
 
 
