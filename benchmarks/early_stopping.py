@@ -6,9 +6,9 @@ Pass the curve files (one JSON object per line, ``.jsonl`` or ``.jsonl.gz``: ``i
     .venv/bin/python benchmarks/early_stopping.py RUNS_A.jsonl.gz RUNS_B.jsonl.gz
 
 About ten minutes per file on one core; ``--jobs N`` replays the methods in N processes. It
-writes ``benchmarks/results/early_stopping.json``
-(every figure) and ``early_stopping.md`` (the tables), and does, on the same random orders for
-every method (``--orders`` random subsets of ``--subset`` curves, each in a random order):
+writes ``benchmarks/results/early_stopping.json`` (every figure) and ``early_stopping.md`` (the
+tables), and does, on the same random orders for every method (``--orders`` random subsets of
+``--subset`` curves, each in a random order):
 
 1. every file: all methods of ``nas curves replay`` side by side, ours at its defaults;
 2. every file: a sweep of our rule's settings (``GRID``), i.e. its trade-off between epochs
@@ -121,12 +121,11 @@ def replay_one(
     """One method's replay report: ``default_methods()[index]`` or ``GRID[index]``. Methods are
     rebuilt in the process that replays them (Optuna's pruner factories do not pickle)."""
     curves = load_curves(path, metric)
-    chosen = default_methods()[index] if method == "main" else _sweep_method(GRID[index])
+    if method == "main":
+        chosen = default_methods()[index]
+    else:
+        chosen = LearningCurveMethod(GRID[index], name=label(GRID[index]))
     return replay(curves, [chosen], orders=args.orders, subset=args.subset, seed=args.seed)
-
-
-def _sweep_method(settings: RuleSettings) -> LearningCurveMethod:
-    return LearningCurveMethod(settings, name=label(settings))
 
 
 def tuned(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -376,12 +375,12 @@ def main(argv: list[str] | None = None) -> int:
             task: pool.submit(replay_one, task[0], args.metric, task[1], task[2], args)
             for task in tasks
         }
-        ranking = {
+        ranking_futures = {
             path: pool.submit(early_ranking, load_curves(path, args.metric), args.seed)
             for path in args.files
         }
         reports = {task: future.result() for task, future in futures.items()}
-        ranking = {path: future.result() for path, future in ranking.items()}
+        ranking = {path: future.result() for path, future in ranking_futures.items()}
     files: dict[str, Any] = {}
     lat: dict[str, Any] = {}
     for path, name in names.items():
