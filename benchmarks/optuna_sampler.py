@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import optuna
+from rich.progress import track
 
 from nas.pareto import non_dominated
 from nas.search import PredictorGuidedSampler, hypervolume
@@ -190,14 +191,28 @@ def run_one(args: tuple) -> dict:
             study, synthetic_objective, budget, lambda point: front.add(point) >= goal
         )
     else:
-        import torch
-
-        torch.set_num_threads(1)
         _, _, objective, _ = cnn1d_problem(db, job)
         points, spent = run_study(
             study, objective, budget, lambda point: False, objective.measuring
         )
     return {"problem": problem, "method": method, "seed": seed, "points": points, "seconds": spent}
+
+
+def one_thread() -> None:
+    """Each worker process computes on one core: with a BLAS or torch thread per core in each
+    of N workers, an N-core host would run N times more threads than cores."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(1)
+    threadpool_limits(1)
+
+
+def measure(args: tuple) -> list[list[float]]:
+    """``[accuracy, macs]`` of each of a chunk of cnn1d configs, in a worker process."""
+    db, job, configs = args
+    _, _, _, evaluate = cnn1d_problem(db, job)
+    return [[m["accuracy"], m["macs"]] for m in evaluate(configs)]
 
 
 def overhead(existing: int, timed: int, seed: int = 0) -> dict:
@@ -279,23 +294,26 @@ def main() -> None:
         for s in range(args.seeds)
         for m in SAMPLERS
     ]
-    cnn1d = None
+    chunks = []
     try:
-        job_id, space, _, evaluate = cnn1d_problem(args.db, args.job)
+        job_id, space, _, _ = cnn1d_problem(args.db, args.job)
     except SystemExit as missing:
         cnn1d = {"skipped": str(missing)}
     else:
         rng = np.random.default_rng(12345)
-        sample = [evaluate.one(space.sample(rng)) for _ in range(args.sample)]
-        sample = [[m["accuracy"], m["macs"]] for m in sample]
-        cnn1d = {"job": job_id, "sample": sample}
-        tasks += [
+        configs = [space.sample(rng) for _ in range(args.sample)]
+        chunks = [(args.db, job_id, configs[i : i + 100]) for i in range(0, len(configs), 100)]
+        cnn1d = {"job": job_id}
+        tasks = [  # the long runs first, so that no worker starts one when the rest are done
             ("cnn1d", m, s, args.cnn1d_budget, args.db, job_id, None)
             for s in range(args.seeds)
             for m in SAMPLERS
-        ]
-    with get_context("spawn").Pool(args.workers) as pool:
-        runs = pool.map(run_one, tasks, chunksize=1)
+        ] + tasks
+    with get_context("spawn").Pool(args.workers, initializer=one_thread) as pool:
+        if chunks:
+            measured = track(pool.imap(measure, chunks), "cnn1d sample", len(chunks))
+            cnn1d["sample"] = [point for chunk in measured for point in chunk]
+        runs = list(track(pool.imap(run_one, tasks), "runs", len(tasks)))
 
     result: dict = {"seeds": args.seeds, "targets": list(TARGETS)}
     synthetic_runs = [r for r in runs if r["problem"] == "synthetic"]
