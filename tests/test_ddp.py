@@ -146,15 +146,22 @@ def test_a_killed_worker_resumes_from_the_checkpoint_and_each_epoch_is_stored_on
         thread.start()
         killed = None
         deadline = time.monotonic() + 150
-        while thread.is_alive() and killed is None:
-            assert time.monotonic() < deadline, "timed out waiting for epoch 2's workers"
-            runs = store.training_runs(job.id)
-            busy = training_workers(cpu_s=3.0)
-            if runs and runs[0].epochs_done == 1 and len(busy) == 2:  # epoch 2 is training
-                killed = busy[-1]
-                os.kill(killed, signal.SIGKILL)
-            time.sleep(0.2)
-        thread.join(timeout=240)
+        try:
+            while thread.is_alive() and killed is None:
+                assert time.monotonic() < deadline, "timed out waiting for epoch 2's workers"
+                runs = store.training_runs(job.id)
+                busy = training_workers(cpu_s=3.0)
+                if runs and runs[0].epochs_done == 1 and len(busy) == 2:  # epoch 2 is training
+                    killed = busy[-1]
+                    os.kill(killed, signal.SIGKILL)
+                time.sleep(0.2)
+            thread.join(timeout=240)
+        finally:
+            # a failed wait must not leave this training holding the shared cluster's CPUs
+            # (the later tests' jobs would wait for them): cancelled, it stops after its epoch
+            if thread.is_alive():
+                store.cancel_job(job.id)
+                thread.join(timeout=240)
         assert not thread.is_alive(), "training did not finish"
         assert not errors, errors
         assert killed is not None, "no worker was killed: the run finished first"
