@@ -13,6 +13,17 @@ from workers.evaluator import accuracy, load_supernet, recalibrate_batchnorm
 CALIBRATION = 500  # batch-norm calibration samples per evaluation (the same for every method)
 
 
+def one_thread() -> None:
+    """A worker pool's initializer: each worker process computes on one core. With a BLAS or
+    torch thread per core in each of N workers, an N-core host would run N times more threads
+    than cores."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(1)
+    threadpool_limits(1)
+
+
 def load_job(db: str | None, job_id: str | None):
     """``(job id, space, supernet, splits)`` of the newest finished job, or of ``job_id``."""
     with Store(resolve_url(db)) as store:

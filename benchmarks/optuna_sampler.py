@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import optuna
+from common import one_thread
 from rich.progress import track
 
 from nas.pareto import non_dominated
@@ -200,16 +201,6 @@ def run_one(args: tuple) -> dict:
             study, objective, budget, lambda point: False, objective.measuring
         )
     return {"problem": problem, "method": method, "seed": seed, "points": points, "seconds": spent}
-
-
-def one_thread() -> None:
-    """Each worker process computes on one core: with a BLAS or torch thread per core in each
-    of N workers, an N-core host would run N times more threads than cores."""
-    import torch
-    from threadpoolctl import threadpool_limits
-
-    torch.set_num_threads(1)
-    threadpool_limits(1)
 
 
 def measure(args: tuple) -> list[list[float]]:

@@ -26,8 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import optuna
-import torch
-from common import Evaluator, load_job
+from common import Evaluator, load_job, one_thread
 
 from nas.search import hypervolume, run_nsga2, run_predictive_search
 from search_spaces import Config, SearchSpace
@@ -135,7 +134,6 @@ METHODS = {
 def run_one(args: tuple) -> tuple[str, int, list[list[float]], float]:
     """One method with one seed in a worker process: the points it measured, in order."""
     db, job_id, method, seed, budget = args
-    torch.set_num_threads(1)
     warnings.simplefilter("ignore")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     _, space, supernet, splits = load_job(db, job_id)
@@ -210,7 +208,7 @@ def main() -> None:
     tasks = [(args.db, job_id, "pymoo NSGA-II (real evaluations)", 1000, args.reference_budget)]
     tasks += [(args.db, job_id, m, s, args.budget) for s in range(args.seeds) for m in METHODS]
     started = time.perf_counter()
-    with get_context("spawn").Pool(args.workers) as pool:
+    with get_context("spawn").Pool(args.workers, initializer=one_thread) as pool:
         long_run, *runs = pool.map(run_one, tasks, chunksize=1)
     reference = reference_point(space, Evaluator(space, supernet, splits))
     everything = [p for _, _, points, _ in [long_run, *runs] for p in points]
