@@ -11,6 +11,7 @@ import optuna
 import pytest
 
 from nas.search import PredictorGuidedSampler
+from nas.search.distributions import DistributionSpace
 from nas.search.sampler import PREDICTED_KEY, PROPOSAL_KEY
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -158,3 +159,19 @@ def test_bad_input_is_a_clear_error() -> None:
         PredictorGuidedSampler(n_startup_trials=1)
     with pytest.raises(ValueError, match="parameter 'x'"):
         PredictorGuidedSampler(search_space={"x": optuna.distributions.FloatDistribution(0, 1)})
+
+
+def test_features_order_numeric_choices_and_one_hot_the_others() -> None:
+    """Numeric categorical choices (kernel sizes, widths) keep their order as one scaled
+    feature, as integers do; other choices are one-hot, and two choices one 0/1 feature."""
+    space = DistributionSpace(
+        {
+            "act": optuna.distributions.CategoricalDistribution(["relu", "gelu", "tanh"]),
+            "kernel": optuna.distributions.CategoricalDistribution([3, 7, 5]),
+            "norm": optuna.distributions.CategoricalDistribution([True, False]),
+            "width": optuna.distributions.IntDistribution(8, 64, step=8),
+        }
+    )
+    config = space.config({"act": "tanh", "kernel": 5, "norm": False, "width": 16})
+    assert config == {"act": 2, "kernel": 2, "norm": 1, "width": 1}
+    np.testing.assert_allclose(space.features(config), [0, 0, 1, 0.5, 1, 1 / 7])

@@ -9,7 +9,7 @@ import pytest
 from nas.pareto import non_dominated
 from nas.predictors.surrogate import SubnetPredictor
 from nas.search import hypervolume, run_nsga2, run_predictive_search
-from nas.search.engine import spread_evenly
+from nas.search.engine import most_improving, spread_evenly
 from search_spaces import SearchSpace
 
 
@@ -54,6 +54,18 @@ def test_spread_evenly_takes_both_ends_then_the_middle() -> None:
     rows = np.array([[-float(i), 9.0 - i] for i in range(10)])  # accuracy negated, cost
     assert spread_evenly(configs, rows, 3) == [{"i": 9}, {"i": 0}, {"i": 4}]
     assert spread_evenly(configs[:2], rows[:2], 3) == configs[:2]
+
+
+def test_most_improving_picks_the_largest_hypervolume_gains_and_skips_dominated() -> None:
+    configs = [{"i": i} for i in range(4)]
+    # minimisation rows: 0 fills the gap in the front, 1 a smaller gap, 2 and 3 are dominated
+    rows = np.array([[2.0, 2.0], [3.5, 0.5], [4.0, 4.0], [3.0, 3.5]])
+    front = np.array([[1.0, 3.0], [3.0, 1.0], [4.0, 0.0]])
+    assert most_improving(configs, rows, front, 4) == [{"i": 0}, {"i": 1}]
+    assert most_improving(configs, rows, front, 1) == [{"i": 0}]
+    assert most_improving(configs[2:], rows[2:], front, 2) == []
+    # with nothing measured yet, the first pick is the one with the largest box
+    assert most_improving(configs, rows, np.empty((0, 2)), 1) == [{"i": 0}]
 
 
 def test_spread_evenly_covers_three_objectives() -> None:

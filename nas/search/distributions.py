@@ -3,8 +3,10 @@
 The search runs NSGA-II over integer vectors, so every parameter must have finitely many
 values: categorical choices, integers (with their step) and floats with a step. A config is
 ``{name: index of the value}``; ``params`` and ``config`` translate to and from the values a
-trial holds. Features scale numbers to [0, 1] (on a log scale where the distribution is log)
-and one-hot categorical choices, which have no order a regressor could use.
+trial holds. Features scale numbers to [0, 1] (on a log scale where the distribution is log),
+numeric categorical choices too (kernel sizes, widths: their order is what a regressor can use,
+and one feature per parameter keeps a Gaussian process's length scales few), and one-hot the
+other categorical choices, which have no order.
 """
 
 from __future__ import annotations
@@ -67,7 +69,9 @@ class DistributionSpace:
         parts: list[float] = []
         for name, distribution in self.distributions.items():
             index, values = config[name], self.grids[name]
-            if isinstance(distribution, CategoricalDistribution) and len(values) > 2:
+            if isinstance(distribution, CategoricalDistribution) and _numbers(values):
+                parts.append(_scaled_number(values[index], values))
+            elif isinstance(distribution, CategoricalDistribution) and len(values) > 2:
                 parts += [float(index == i) for i in range(len(values))]
             elif isinstance(distribution, CategoricalDistribution):
                 parts.append(float(index))
@@ -91,6 +95,15 @@ class DistributionSpace:
                 return None
             config[name] = index
         return config
+
+
+def _numbers(values: tuple[Any, ...]) -> bool:
+    return all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+
+
+def _scaled_number(value: float, values: tuple[float, ...]) -> float:
+    low, high = min(values), max(values)
+    return (value - low) / (high - low) if high > low else 0.0
 
 
 def _scaled(value: float, distribution: IntDistribution | FloatDistribution) -> float:

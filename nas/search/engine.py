@@ -2,8 +2,9 @@
 
 Given the points measured so far, ``PredictiveStep.propose`` fits one ``SubnetPredictor`` per
 learned metric, runs NSGA-II on the predictions (exact metrics, such as MACs, are computed, not
-predicted) and returns the unmeasured configs of the predicted front, spread evenly along it,
-with what was predicted for each. Measuring them is the caller's business: Ray tasks in a job
+predicted) and returns the unmeasured configs of the predicted front that would add most to the
+measured front's hypervolume if they were as good as optimistically predicted, with what was
+predicted for each. Measuring them is the caller's business: Ray tasks in a job
 (``run_predictive_search``), the user's objective in an Optuna study (``PredictorGuidedSampler``).
 """
 
@@ -17,6 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 from pymoo.algorithms.moo.nsga2 import NSGA2
 from pymoo.core.problem import Problem
+from pymoo.indicators.hv import HV
 from pymoo.operators.crossover.sbx import SBX
 from pymoo.operators.mutation.pm import PM
 from pymoo.operators.repair.rounding import RoundingRepair
@@ -71,7 +73,11 @@ class PredictiveStep:
     ``exact`` maps objective or constraint keys to functions computed for any config; every
     other key is learned from the measurements. ``constraints`` are ``{metric, max, min}``
     mappings. ``max_fit`` caps the points the predictors are fitted on (the measured front
-    first, then the newest), which bounds the cost of a step in long searches.
+    first, then the newest), which bounds the cost of a step in long searches. ``optimism`` is
+    how many standard deviations of a predictor's cross-validated error a candidate's learned
+    objectives are taken to be better than predicted when candidates are chosen: a subnet
+    predicted a little below the measured front may still be worth measuring, one predicted
+    far below it is not.
     """
 
     objectives: Sequence[str]
@@ -83,6 +89,7 @@ class PredictiveStep:
     max_fit: int | None = None
     seed: int = 0
     candidates: Sequence[str] = CANDIDATES
+    optimism: float = 1.0
 
     @property
     def learned(self) -> list[str]:
@@ -113,15 +120,15 @@ class PredictiveStep:
         seed = int(rng.integers(2**31))
         result = minimize(problem, algorithm, ("n_gen", self.generations), seed=seed, verbose=False)
         excluded = {config_key(c) for c, _ in measured} | set(taken)
-        chosen = _choose(space, problem, result, excluded, count, rng)
+        front = [m for _, m in measured if feasible(m, self.constraints)]
+        chosen = _choose(space, problem, result, front, excluded, count, rng)
         models = {k: p.chosen_ for k, p in predictors.items()}
         return Proposal(chosen, problem.metrics(chosen) if chosen else [], models)
 
-    def _fit(self, features: np.ndarray, values: list[float]) -> SubnetPredictor | _LogScale:
+    def _fit(self, features: np.ndarray, values: list[float]) -> _Fitted:
         predictor = SubnetPredictor(self.candidates, seed=self.seed)
-        if min(values) > 0 and max(values) >= LOG_SPAN * min(values):
-            return _LogScale(predictor.fit(features, np.log(values)))
-        return predictor.fit(features, values)
+        log = min(values) > 0 and max(values) >= LOG_SPAN * min(values)
+        return _Fitted(predictor.fit(features, np.log(values) if log else values), log)
 
     def _fitting_set(self, measured: Measured) -> Measured:
         if self.max_fit is None or len(measured) <= self.max_fit:
@@ -134,15 +141,18 @@ class PredictiveStep:
         return [measured[i] for i in keep]
 
 
-class _LogScale:
-    """A predictor fitted on the log of a positive metric that spans decades (MACs, latency):
-    products of sizes become sums a regressor fits well, and no prediction is negative."""
+class _Fitted:
+    """A fitted ``SubnetPredictor`` in the metric's own units. A positive metric that spans
+    decades (MACs, latency) is fitted on its log (``log``): products of sizes become sums a
+    regressor fits well, and no prediction is negative."""
 
-    def __init__(self, predictor: SubnetPredictor):
-        self.predictor, self.chosen_ = predictor, predictor.chosen_
+    def __init__(self, predictor: SubnetPredictor, log: bool):
+        self.predictor, self.log, self.chosen_ = predictor, log, predictor.chosen_
 
-    def predict(self, features: np.ndarray) -> np.ndarray:
-        return np.exp(self.predictor.predict(features))
+    def predict(self, features: np.ndarray, shift: float = 0.0) -> np.ndarray:
+        """Predictions moved by ``shift`` standard deviations of the cross-validated error."""
+        values = self.predictor.predict(features) + shift * self.predictor.predict_spread(features)
+        return np.exp(values) if self.log else values
 
 
 class _PredictedProblem(Problem):
@@ -157,9 +167,13 @@ class _PredictedProblem(Problem):
         )
         self.space, self.step, self.predictors = space, step, predictors
 
-    def metrics(self, configs: list[Config]) -> list[dict[str, float]]:
+    def metrics(self, configs: list[Config], optimism: float = 0.0) -> list[dict[str, float]]:
+        """Each config's predicted (and exact) metrics; with ``optimism``, learned objectives
+        that many cross-validated standard deviations better than their prediction."""
         features = np.array([self.space.features(c) for c in configs])
-        columns = {k: p.predict(features) for k, p in self.predictors.items()}
+        better = dict(zip(self.step.objectives, self.step.directions, strict=True))
+        shift = {k: optimism * (1 if better[k] == "max" else -1) for k in better}
+        columns = {k: p.predict(features, shift.get(k, 0.0)) for k, p in self.predictors.items()}
         columns |= {k: np.array([f(c) for c in configs]) for k, f in self.step.exact.items()}
         return [{k: float(v[i]) for k, v in columns.items()} for i in range(len(configs))]
 
@@ -210,17 +224,54 @@ def feasible(metrics: Mapping[str, float], constraints: Sequence[Mapping]) -> bo
     return all(v <= 0 for v in constraint_values(metrics, constraints))
 
 
-def _choose(space, problem, result, excluded, count, rng) -> list[Config]:
-    """Configs of the predicted front not in ``excluded``, spread along it; random ones if too
-    few. A space with fewer free configs than ``count`` gives fewer."""
+def most_improving(
+    candidates: list[Config], rows: np.ndarray, front: np.ndarray, count: int
+) -> list[Config]:
+    """Up to ``count`` candidates picked one by one for the largest gain in hypervolume over
+    ``front`` and the candidates picked before; candidates that add nothing are left out.
+
+    ``rows`` and ``front`` hold objective values in minimisation form; the reference point is
+    the worst value of each objective among both.
+    """
+    rows, front = np.asarray(rows, dtype=float), np.asarray(front, dtype=float)
+    if not len(rows):
+        return []
+    base = front.reshape(-1, rows.shape[1])
+    reference = np.vstack([rows, base]).max(axis=0) + 1e-9
+    indicator = HV(ref_point=reference)
+    picks: list[int] = []
+    volume = float(indicator(base)) if len(base) else 0.0
+    while len(picks) < min(count, len(rows)):
+        free = [i for i in range(len(rows)) if i not in picks]
+        gains = [float(indicator(np.vstack([base, rows[i]]))) - volume for i in free]
+        if max(gains) <= 0:
+            break
+        best = free[int(np.argmax(gains))]
+        picks.append(best)
+        base = np.vstack([base, rows[best]])
+        volume += max(gains)
+    return [candidates[i] for i in picks]
+
+
+def _choose(space, problem, result, front, excluded, count, rng) -> list[Config]:
+    """Configs of the predicted front not in ``excluded``: first those that would add most to
+    the hypervolume of the measured ``front`` (metrics of feasible measured points) if they
+    were as good as optimistically predicted, then the rest spread along the predicted front;
+    random ones if too few. A space with fewer free configs than ``count`` gives fewer."""
     candidates = {}
     for row in np.atleast_2d(result.opt.get("X")) if result.opt is not None else []:
         config = space.decode(np.rint(row).astype(int))
         if config_key(config) not in excluded:
             candidates[config_key(config)] = config
     configs = list(candidates.values())
-    rows = problem.objective_rows(problem.metrics(configs)) if configs else np.empty((0, 1))
-    chosen = spread_evenly(configs, rows, count)
+    hoped = problem.metrics(configs, problem.step.optimism) if configs else []
+    chosen = most_improving(
+        configs, problem.objective_rows(hoped), problem.objective_rows(front), count
+    )
+    if len(chosen) < count and configs:
+        rest = [i for i, c in enumerate(configs) if c not in chosen]
+        rows = problem.objective_rows(problem.metrics(configs))
+        chosen += spread_evenly([configs[i] for i in rest], rows[rest], count - len(chosen))
     keys = excluded | {config_key(c) for c in chosen}
     for _ in range(100 * count):
         if len(chosen) >= count:
