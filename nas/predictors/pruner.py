@@ -45,11 +45,13 @@ class LearningCurvePruner(BasePruner):
         tolerance: float = 0.002,
         threshold: float = 0.06,
         patience: int = 2,
-        min_epochs: int = 1,
+        min_epochs: int = 2,
         min_finished: int = 10,
         fallback_keep: float = 1.0,
-        fallback_peers: int = 5,
+        fallback_peers: int = 10,
         decay: float = 1.0,
+        rung_factor: float = 3.0,
+        rung_keep: float = 0.5,
         bounds: tuple[float, float] | None = None,
         make_predictor: Callable[[], LearningCurvePredictor] | None = None,
         on_decision: Callable[[FrozenTrial, StopDecision], None] | None = None,
@@ -67,6 +69,8 @@ class LearningCurvePruner(BasePruner):
             "fallback_keep": fallback_keep,
             "fallback_peers": fallback_peers,
             "decay": decay,
+            "rung_factor": rung_factor,
+            "rung_keep": rung_keep,
         }
         StoppingRule(**self.settings).validate()
         self.bounds = bounds
