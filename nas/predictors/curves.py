@@ -693,10 +693,11 @@ class StopDecision:
     """One decision on one run at one epoch, as plain values that a store can keep as a row.
 
     ``stop`` is the decision. ``mean``/``low``/``high`` are the predicted final value and its
-    interval (``None`` when the fallback rule decided); ``threshold`` is the value the run is
-    compared with (``k``-th best final minus tolerance, or the fallback's bar; ``None`` when there
-    is nothing to compare with yet); ``probability`` is P(final reaches ``threshold``) under the
-    predictor (``None`` for the fallback); ``reason`` says which rule decided and why.
+    interval (``None`` when a rank rule, the fallback or a rung, decided); ``threshold`` is the
+    value the run is compared with (``k``-th best final minus tolerance, or the rank rule's
+    bar; ``None`` when there is nothing to compare with yet); ``probability`` is P(final
+    reaches ``threshold``) under the predictor (``None`` for a rank rule); ``reason`` says
+    which rule decided and why.
     """
 
     stop: bool
