@@ -715,10 +715,12 @@ class StoppingRule:
     Two rules decide, the first that stops wins. At a *rung*, an epoch ``min_epochs *
     rung_factor ** i`` (2, 6, 18 by default; ``at_rung``), a run is stopped when its value is
     not among the best ``rung_keep`` of the values the runs seen so far (``peers``, at least
-    ``fallback_peers`` of them) had there: successive halving's rank rule, from the first run
-    on. Early on a run's own value ranks runs as well as any prediction from a few finished
-    runs does, and it costs no finished runs; it is what makes the rule cheap. At
-    ``rung_keep=1`` there are no rung stops.
+    ``fallback_peers`` of them) had there: successive halving's rank rule. Early on a run's
+    own value ranks runs as well as a prediction from a few finished runs does, and a rung
+    needs no finished runs. With ``fallback_peers`` at ``min_finished`` (10, the default) the
+    first runs all finish unfiltered, the sample the predictor learns from; rungs from fewer
+    peers on save more epochs, but a predictor fitted on runs the rungs filtered is too sure
+    of itself (its intervals cover too little). At ``rung_keep=1`` there are no rung stops.
 
     Then, with at least ``min_finished`` finished runs and a fitted ``predictor``, a run is
     stopped at epoch ``t >= min_epochs`` when, at each of its last ``patience`` epochs,
