@@ -33,7 +33,7 @@ from nas.predictors.curves import (
     metric_resolution,
     prefix_summaries,
 )
-from nas.predictors.replay import RuleSettings, load_curves, replay
+from nas.predictors.replay import LearningCurveMethod, RuleSettings, load_curves, replay
 from nas.spec import EarlyStoppingSpec
 
 DATA = Path(__file__).parent / "data"
@@ -273,7 +273,9 @@ def test_decision_is_plain_frozen_data(fitted) -> None:
 
 def test_fallback_ranks_among_the_runs_seen_so_far() -> None:
     peers = [[0.2 + 0.1 * i] * 6 for i in range(6)]  # values 0.2 ... 0.7 at every epoch
-    rule = StoppingRule(min_finished=10, fallback_keep=0.5, fallback_peers=5, patience=2)
+    rule = StoppingRule(
+        min_finished=10, fallback_keep=0.5, fallback_peers=5, patience=2, rung_keep=1.0
+    )
     low = rule.decide([0.25] * 4, {}, [0.8] * 3, peers)
     assert low.stop and low.mean is None and low.probability is None
     assert "fallback" in low.reason and "3 of 10" in low.reason
@@ -283,8 +285,56 @@ def test_fallback_ranks_among_the_runs_seen_so_far() -> None:
     assert not rule.decide([0.9, 0.25], {}, [], peers).stop  # low for one epoch only
     assert not rule.decide([0.25] * 4, {}, [], peers[:4]).stop  # too few runs to rank against
     assert not StoppingRule(min_finished=10).decide([0.0] * 4, {}, [], peers).stop  # keep = 1
-    mins = StoppingRule(mode="min", min_finished=10, fallback_keep=0.5, patience=1)
+    mins = StoppingRule(
+        mode="min", min_finished=10, fallback_keep=0.5, fallback_peers=5, patience=1,
+        min_epochs=1, rung_keep=1.0,
+    )  # fmt: skip
     assert mins.decide([0.65], {}, [], peers).stop and not mins.decide([0.25], {}, [], peers).stop
+
+
+def test_rungs_are_min_epochs_times_powers_of_the_factor() -> None:
+    assert [t for t in range(1, 60) if StoppingRule().is_rung(t)] == [2, 6, 18, 54]
+    rule = StoppingRule(min_epochs=1, rung_factor=2)
+    assert [t for t in range(1, 40) if rule.is_rung(t)] == [1, 2, 4, 8, 16, 32]
+
+
+def test_rung_rule_keeps_the_best_half_of_the_runs_seen_there() -> None:
+    peers = [[0.1 * i] * 8 for i in range(1, 11)]  # values 0.1 ... 1.0 at every epoch
+    rule = StoppingRule(rung_keep=0.5, fallback_peers=10, min_epochs=2, rung_factor=3)
+    low = rule.decide([0.3, 0.3], {}, [], peers)
+    assert low.stop and "rung at epoch 2" in low.reason and low.probability is None
+    # kept: the best ceil(0.5 * 11) = 6 of the 10 peers and itself, i.e. not below the 6th
+    assert low.threshold == pytest.approx(0.5)
+    assert not rule.decide([0.5, 0.5], {}, [], peers).stop  # tied with the last kept
+    assert not rule.decide([0.3] * 3, {}, [], peers).stop  # epoch 3 is no rung
+    assert rule.decide([0.9] * 5 + [0.3], {}, [], peers).stop  # epoch 6 is
+    assert not rule.decide([0.3, 0.3], {}, [], peers[:9]).stop  # too few runs seen there
+    assert not StoppingRule(rung_keep=1.0).decide([0.0, 0.0], {}, [], peers).stop
+    mins = StoppingRule(mode="min", rung_keep=0.5)
+    assert mins.decide([0.8, 0.8], {}, [], peers).stop
+    assert not mins.decide([0.3, 0.3], {}, [], peers).stop
+
+
+def test_rung_rule_stops_a_run_the_model_would_keep() -> None:
+    """The first rule that stops wins: a run still likely to beat the finished runs (the model
+    keeps it) is stopped at a rung where most runs seen there were ahead of it."""
+    curves, configs = synthetic_runs(30, seed=2)
+    predictor = LearningCurvePredictor(bounds=(0, 1)).fit(curves, configs)
+    finals = [0.3] * 30  # a low bar: the model keeps nearly any run
+    run = curves[0][:2]
+    peers = [[v + 0.5 for v in run]] * 10  # ten runs far ahead at epoch 2
+    assert not StoppingRule(predictor, rung_keep=1.0).decide(run, configs[0], finals, peers).stop
+    decision = StoppingRule(predictor).decide(run, configs[0], finals, peers)
+    assert decision.stop and "rung" in decision.reason
+
+
+def test_rungs_save_epochs_in_a_replay() -> None:
+    curves = load_curves(DIGITS)
+    no_rungs = LearningCurveMethod(RuleSettings(rung_keep=1.0))
+    rungs = LearningCurveMethod(RuleSettings(), name="rungs")
+    report = replay(curves, [no_rungs, rungs], orders=2, subset=40)
+    without, with_rungs = report["methods"]
+    assert with_rungs["epochs_fraction"] < without["epochs_fraction"]
 
 
 def test_defaults_are_one_setting_everywhere() -> None:
@@ -303,6 +353,10 @@ def test_rule_settings_are_checked() -> None:
         StoppingRule(mode="up").decide([0.1], {}, [])  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="fallback_keep=0"):
         StoppingRule(fallback_keep=0).decide([0.1], {}, [])
+    with pytest.raises(ValueError, match="rung_keep=0"):
+        StoppingRule(rung_keep=0).decide([0.1], {}, [])
+    with pytest.raises(ValueError, match="rung_factor=1"):
+        StoppingRule(rung_factor=1).decide([0.1], {}, [])
 
 
 # ---- Optuna ----------------------------------------------------------------------------------

@@ -99,6 +99,7 @@ def test_job_trains_several_runs_stops_losers_and_keeps_the_best(tmp_path, capsy
             "decay": 0.0,
             "patience": 1,
             "min_finished": min_finished,
+            "rung_keep": 1.0,  # no rung stops: every stop here is the model's
         },
     )
     spec["search"].update(profile_samples=1, budget=4, batch=1)

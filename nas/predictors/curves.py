@@ -19,10 +19,13 @@ calibrated predictive distribution, not a point:
   theirs) are conformal scores; their empirical distribution (pooled over nearby ``t``)
   turns ``loc + spread * score`` into a predictive distribution whose intervals hold their
   coverage on new runs.
-- ``StoppingRule`` stops a run when the probability that it ends above the ``k``-th best
-  final value finished so far, minus ``tolerance``, has been below ``threshold`` for
-  ``patience`` epochs. Before ``min_finished`` runs have finished it falls back on ranks
-  among the runs seen so far, if told to (``fallback_keep`` below 1).
+- ``StoppingRule`` stops a run at a rung epoch (``min_epochs`` times a power of
+  ``rung_factor``, as in successive halving) when its value there is not among the best
+  ``rung_keep`` of the runs seen at that epoch; and, between rungs, when the probability that
+  it ends above the ``k``-th best final value finished so far, minus ``tolerance``, has been
+  below ``threshold`` for ``patience`` epochs. Before ``min_finished`` runs have finished,
+  the probability gives way to ranks among the runs seen so far, if told to (``fallback_keep``
+  below 1).
 
 Everything here is plain numpy and scikit-learn-style objects: ``__init__`` stores settings,
 ``fit`` learns (state ends in ``_``) and returns ``self``. The Optuna pruner on top of this is
@@ -690,10 +693,11 @@ class StopDecision:
     """One decision on one run at one epoch, as plain values that a store can keep as a row.
 
     ``stop`` is the decision. ``mean``/``low``/``high`` are the predicted final value and its
-    interval (``None`` when the fallback rule decided); ``threshold`` is the value the run is
-    compared with (``k``-th best final minus tolerance, or the fallback's bar; ``None`` when there
-    is nothing to compare with yet); ``probability`` is P(final reaches ``threshold``) under the
-    predictor (``None`` for the fallback); ``reason`` says which rule decided and why.
+    interval (``None`` when a rank rule, the fallback or a rung, decided); ``threshold`` is the
+    value the run is compared with (``k``-th best final minus tolerance, or the rank rule's
+    bar; ``None`` when there is nothing to compare with yet); ``probability`` is P(final
+    reaches ``threshold``) under the predictor (``None`` for a rank rule); ``reason`` says
+    which rule decided and why.
     """
 
     stop: bool
@@ -708,8 +712,18 @@ class StopDecision:
 class StoppingRule:
     """Stop a run when it is unlikely to end among the best runs finished so far.
 
-    With at least ``min_finished`` finished runs and a fitted ``predictor``, a run is stopped at
-    epoch ``t >= min_epochs`` when, at each of its last ``patience`` epochs,
+    Two rules decide, the first that stops wins. At a *rung*, an epoch ``min_epochs *
+    rung_factor ** i`` (2, 6, 18 by default; ``at_rung``), a run is stopped when its value is
+    not among the best ``rung_keep`` of the values the runs seen so far (``peers``, at least
+    ``fallback_peers`` of them) had there: successive halving's rank rule. Early on a run's
+    own value ranks runs as well as a prediction from a few finished runs does, and a rung
+    needs no finished runs. With ``fallback_peers`` at ``min_finished`` (10, the default) the
+    first runs all finish unfiltered, the sample the predictor learns from; rungs from fewer
+    peers on save more epochs, but a predictor fitted on runs the rungs filtered is too sure
+    of itself (its intervals cover too little). At ``rung_keep=1`` there are no rung stops.
+
+    Then, with at least ``min_finished`` finished runs and a fitted ``predictor``, a run is
+    stopped at epoch ``t >= min_epochs`` when, at each of its last ``patience`` epochs,
 
         P(final > k-th best finished final - tolerance) < threshold     (mode "max")
         P(final < k-th best finished final + tolerance) < threshold     (mode "min")
@@ -729,11 +743,11 @@ class StoppingRule:
     ``fallback`` decides: stop when, at each of the last ``patience`` epochs, the run's value is
     not among the best ``fallback_keep`` of the values that the runs seen so far (``peers``,
     at least ``fallback_peers`` of them) had at that epoch. With ``fallback_keep=1`` it never
-    stops a run: a run stopped then does not shorten the wait for ``min_finished`` finished
-    runs, and the first runs, trained in full whatever they look like, are the one sample of
-    finished runs that no stopping decision has filtered, which the predictor needs to learn
-    what late bloomers look like; the price is ``min_finished`` full runs. A keep fraction
-    below 1 makes the wait cheaper, at the price of a filtered sample.
+    stops a run (the rungs still do): a run stopped then does not shorten the wait for
+    ``min_finished`` finished runs, and the first runs, filtered by nothing but the rungs,
+    are the sample the predictor learns late bloomers from; the price is ``min_finished``
+    full runs. A keep fraction below 1 makes the wait cheaper, at the price of a sample
+    filtered further.
 
     ``decide`` is pure: the caller refits ``predictor`` when runs finish (on the finished runs)
     and passes their final values.
@@ -748,11 +762,13 @@ class StoppingRule:
         tolerance: float = 0.002,
         threshold: float = 0.06,
         patience: int = 2,
-        min_epochs: int = 1,
+        min_epochs: int = 2,
         min_finished: int = 10,
         fallback_keep: float = 1.0,
-        fallback_peers: int = 5,
+        fallback_peers: int = 10,
         decay: float = 1.0,
+        rung_factor: float = 3.0,
+        rung_keep: float = 0.5,
     ):
         self.predictor = predictor
         self.mode = mode
@@ -765,6 +781,8 @@ class StoppingRule:
         self.fallback_keep = fallback_keep
         self.fallback_peers = fallback_peers
         self.decay = decay
+        self.rung_factor = rung_factor
+        self.rung_keep = rung_keep
 
     def validate(self) -> None:
         """Checks the settings; ``decide`` calls it. Errors name the setting and its value."""
@@ -781,10 +799,11 @@ class StoppingRule:
             raise ValueError(f"threshold must be in [0, 1], got threshold={self.threshold}")
         if not 0.0 <= self.decay <= 1.0:
             raise ValueError(f"decay must be in [0, 1], got decay={self.decay}")
-        if not 0.0 < self.fallback_keep <= 1.0:
-            raise ValueError(
-                f"fallback_keep must be in (0, 1], got fallback_keep={self.fallback_keep}"
-            )
+        for name in ("fallback_keep", "rung_keep"):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in (0, 1], got {name}={getattr(self, name)}")
+        if self.rung_factor <= 1.0:
+            raise ValueError(f"rung_factor must be > 1, got rung_factor={self.rung_factor}")
         if self.fallback_peers < 1:
             raise ValueError(
                 f"fallback_peers must be >= 1, got fallback_peers={self.fallback_peers}"
@@ -801,6 +820,9 @@ class StoppingRule:
         given the final values of the runs finished so far and, for the fallback, ``peers``:
         the curves (whole or cut short) of the other runs seen so far."""
         self.validate()
+        rung = self.at_rung(curve, peers)
+        if rung is not None:
+            return rung
         t = len(curve)
         if not self.uses_model(t, len(finished_finals)):
             return self.fallback(curve, peers, len(finished_finals))
@@ -824,12 +846,11 @@ class StoppingRule:
         waiting = f"fallback, {n_finished} of {self.min_finished} finished runs needed to fit"
         bars = []
         for epoch in range(t, max(0, t - self.patience), -1):
-            values = sorted((sign * p[epoch - 1] for p in peers if len(p) >= epoch), reverse=True)
-            if len(values) < self.fallback_peers:
+            bar = self._rank_bar(epoch, peers, self.fallback_keep)
+            if bar is None:
                 break
-            keep = math.ceil(self.fallback_keep * (len(values) + 1))
-            bars.append(values[keep - 1] if keep <= len(values) else -math.inf)
-            if not sign * curve[epoch - 1] < bars[-1]:
+            bars.append(bar)
+            if not sign * curve[epoch - 1] < bar:
                 break
         stop = (
             t >= self.min_epochs
@@ -850,6 +871,44 @@ class StoppingRule:
             stop=stop, mean=None, low=None, high=None, threshold=bar, probability=None,
             reason=reason,
         )  # fmt: skip
+
+    def at_rung(
+        self, curve: Sequence[float], peers: Sequence[Sequence[float]]
+    ) -> StopDecision | None:
+        """The rung rule's stop at epoch ``t = len(curve)``, or ``None`` when it does not stop
+        the run there (``t`` is no rung, fewer than ``fallback_peers`` peers reached it, or
+        the run's value is among the best ``rung_keep`` of theirs and its own, a tie with the
+        last kept value kept); the probability rule then decides."""
+        t = len(curve)
+        if self.rung_keep >= 1.0 or not self.is_rung(t):
+            return None
+        bar = self._rank_bar(t, peers, self.rung_keep)
+        sign = 1.0 if self.mode == "max" else -1.0
+        if bar is None or not sign * curve[-1] < bar:
+            return None
+        return StopDecision(
+            stop=True, mean=None, low=None, high=None, threshold=sign * bar, probability=None,
+            reason=f"stop: rung at epoch {t}, value below the best {self.rung_keep:.0%} of the "
+            "runs seen there",
+        )  # fmt: skip
+
+    def is_rung(self, t: int) -> bool:
+        """Whether epoch ``t`` is ``min_epochs * rung_factor ** i`` (rounded) for some ``i``."""
+        rung = float(self.min_epochs)
+        while round(rung) < t:
+            rung *= self.rung_factor
+        return round(rung) == t
+
+    def _rank_bar(self, epoch: int, peers: Sequence[Sequence[float]], keep: float) -> float | None:
+        """The signed value (``-value`` when minimising) a run must reach at ``epoch`` to be
+        among the best ``keep`` of the peers that reached it and itself; ``None`` with fewer
+        than ``fallback_peers`` such peers, ``-inf`` when all are kept."""
+        sign = 1.0 if self.mode == "max" else -1.0
+        values = sorted((sign * p[epoch - 1] for p in peers if len(p) >= epoch), reverse=True)
+        if len(values) < self.fallback_peers:
+            return None
+        kept = math.ceil(keep * (len(values) + 1))
+        return values[kept - 1] if kept <= len(values) else -math.inf
 
     def uses_model(self, t: int, n_finished: int) -> bool:
         """Whether the decision at epoch ``t`` is the model's (else the fallback's)."""

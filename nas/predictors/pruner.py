@@ -8,8 +8,9 @@ the trials' ``params``), then asks a ``StoppingRule`` about the running trial.
 
 Works in any single-objective study with any sampler. Report once per epoch, at consecutive
 steps (``0..T-1`` or ``1..T``); a completed trial is used for fitting only when it reported all
-``n_epochs`` steps. The rank fallback (before ``min_finished`` trials completed) ranks the
-trial among every other trial's intermediate values, pruned and running ones included.
+``n_epochs`` steps. The rank rules (the rungs, and the fallback before ``min_finished``
+trials completed) rank the trial among every other trial's intermediate values, pruned and
+running ones included.
 """
 
 from __future__ import annotations
@@ -45,11 +46,13 @@ class LearningCurvePruner(BasePruner):
         tolerance: float = 0.002,
         threshold: float = 0.06,
         patience: int = 2,
-        min_epochs: int = 1,
+        min_epochs: int = 2,
         min_finished: int = 10,
         fallback_keep: float = 1.0,
-        fallback_peers: int = 5,
+        fallback_peers: int = 10,
         decay: float = 1.0,
+        rung_factor: float = 3.0,
+        rung_keep: float = 0.5,
         bounds: tuple[float, float] | None = None,
         make_predictor: Callable[[], LearningCurvePredictor] | None = None,
         on_decision: Callable[[FrozenTrial, StopDecision], None] | None = None,
@@ -67,6 +70,8 @@ class LearningCurvePruner(BasePruner):
             "fallback_keep": fallback_keep,
             "fallback_peers": fallback_peers,
             "decay": decay,
+            "rung_factor": rung_factor,
+            "rung_keep": rung_keep,
         }
         StoppingRule(**self.settings).validate()
         self.bounds = bounds

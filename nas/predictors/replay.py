@@ -256,11 +256,13 @@ class RuleSettings:
     tolerance: float = 0.002
     threshold: float = 0.06
     patience: int = 2
-    min_epochs: int = 1
+    min_epochs: int = 2
     min_finished: int = 10
     fallback_keep: float = 1.0
-    fallback_peers: int = 5
+    fallback_peers: int = 10
     decay: float = 1.0
+    rung_factor: float = 3.0
+    rung_keep: float = 0.5
 
     def rule(self, predictor: LearningCurvePredictor | None, mode: str) -> StoppingRule:
         return StoppingRule(predictor, mode=mode, **asdict(self))  # type: ignore[arg-type]
@@ -310,7 +312,7 @@ class LearningCurveMethod(ReplayMethod):
             for t in range(1, horizon):
                 if predictions:
                     recent = predictions[max(0, t - rule.patience) : t][::-1]
-                    decision = rule.decide_from(t, recent, finals)
+                    decision = rule.at_rung(curve[:t], peers) or rule.decide_from(t, recent, finals)
                 else:
                     decision = rule.decide(curve[:t], curves.configs[i], finals, peers)
                 if decision.stop:
