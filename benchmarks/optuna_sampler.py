@@ -18,9 +18,9 @@ on the synthetic problem), where its predictors are fitted on ``max_fit`` of the
 
     python benchmarks/optuna_sampler.py [--seeds 10] [--db .nas/nas.db] [--job ID] [--workers 2]
 
-With the cnn1d problem it takes about an hour with 2 workers on 2 cores (the 2,000-subnet
-sample 6 minutes, our sampler about 3 s a trial on that space); the synthetic problem alone,
-about 5 minutes.
+With the cnn1d problem it takes about half an hour with 2 workers on 2 cores (the 3,000-subnet
+sample 10 minutes, our sampler about 0.5 s a trial on that space); the synthetic problem
+alone, about 5 minutes.
 
 Results: benchmarks/results/optuna_sampler.{json,md}.
 """
