@@ -244,7 +244,7 @@ def most_improving(
     while len(picks) < min(count, len(rows)):
         free = [i for i in range(len(rows)) if i not in picks]
         gains = [float(indicator(np.vstack([base, rows[i]]))) - volume for i in free]
-        if max(gains) <= 0:
+        if max(gains) <= 1e-9 * volume:  # nothing gained but rounding
             break
         best = free[int(np.argmax(gains))]
         picks.append(best)
