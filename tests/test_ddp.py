@@ -92,10 +92,10 @@ def test_two_workers_make_one_workers_updates(tmp_path: Path, space: str) -> Non
     assert two["world"] == 2
     assert two["state"].keys() == one["state"].keys()
     # float64 rounding, amplified by batch norms over few values (mobilenetv3's 1x1 maps),
-    # reaches 1.3e-7 (cnn1d: 1e-14); batch norms over each process's own rows instead of the
-    # global batch move mobilenetv3's weights by 1.8
+    # reaches 1.3e-7 in the weights and 1e-9 in the loss (cnn1d: 1e-14); batch norms over each
+    # process's own rows instead of the global batch move mobilenetv3's weights by 1.8
     torch.testing.assert_close(two["state"], one["state"], rtol=1e-6, atol=1e-6)
-    assert two["loss"] == pytest.approx(one["loss"], rel=1e-9)
+    assert two["loss"] == pytest.approx(one["loss"], rel=1e-6)
     start = SupernetTrainer(
         space_data(space), DATASETS[space], TRAINING, str(tmp_path / "none")
     ).supernet
