@@ -7,8 +7,9 @@ Problems (both two-objective, over categorical and integer parameters):
 - ``synthetic``: a network-like quality (max) against cost (min) over 7,776 configs; the true
   front and its hypervolume come from enumerating every config. A run stops when it reaches
   98% or its budget.
-- ``cnn1d``: validation accuracy (BN recalibrated) against MACs of subnets of the supernet of
-  the newest finished job in ``--db`` (skipped when there is none); the known front is that of
+- ``cnn1d``: validation accuracy (BN recalibrated; on ``--val-samples`` freshly generated
+  samples, 20,000 by default) against MACs of subnets of the supernet of the newest finished
+  job in ``--db`` (skipped when there is none); the known front is that of
   a large random sample (``--sample``), measured before the runs. Runs spend their budget, and
   may go past the known front: the results also give the hypervolume of every measured point
   pooled, as a fraction of the known one, to show how far the sample is from the true front.
@@ -38,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import optuna
-from common import one_thread
+from common import Source, add_source_arguments, one_thread
 from rich.progress import track
 
 from nas.pareto import non_dominated
@@ -110,13 +111,10 @@ def synthetic_front() -> dict:
 
 
 # ---- problem 2: the cnn1d supernet of a finished job --------------------------------------
-def cnn1d_problem(db: str | None, job: str | None):
-    """``(job id, objective, evaluator)``: the objective suggests every dimension as a
+def cnn1d_problem(source: Source):
+    """``(job id, space, objective, evaluator)``: the objective suggests every dimension as a
     categorical and measures the canonical config (memoised)."""
-    from common import Evaluator, load_job
-
-    job_id, space, supernet, splits = load_job(db, job)
-    evaluate = Evaluator(space, supernet, splits)
+    job_id, space, evaluate = source.open()
     seconds = [0.0]
 
     def objective(trial: optuna.Trial) -> tuple[float, float]:
@@ -187,7 +185,7 @@ def new_study(sampler: optuna.samplers.BaseSampler) -> optuna.Study:
 
 def run_one(args: tuple) -> dict:
     """One sampler with one seed on one problem, in a worker process."""
-    problem, method, seed, budget, db, job, truth = args
+    problem, method, seed, budget, source, truth = args
     warnings.simplefilter("ignore")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = new_study(SAMPLERS[method](seed))
@@ -198,7 +196,7 @@ def run_one(args: tuple) -> dict:
             study, synthetic_objective, budget, lambda point: front.add(point) >= goal
         )
     else:
-        _, _, objective, _ = cnn1d_problem(db, job)
+        _, _, objective, _ = cnn1d_problem(source)
         points, spent = run_study(
             study, objective, budget, lambda point: False, objective.measuring
         )
@@ -207,8 +205,8 @@ def run_one(args: tuple) -> dict:
 
 def measure(args: tuple) -> list[list[float]]:
     """``[accuracy, macs]`` of each of a chunk of cnn1d configs, in a worker process."""
-    db, job, configs = args
-    _, _, _, evaluate = cnn1d_problem(db, job)
+    source, configs = args
+    _, _, _, evaluate = cnn1d_problem(source)
     return [[m["accuracy"], m["macs"]] for m in evaluate(configs)]
 
 
@@ -277,9 +275,8 @@ def main() -> None:
     parser.add_argument("--cnn1d-budget", type=int, default=150, help="trials per cnn1d run")
     parser.add_argument("--sample", type=int, default=3000, help="random cnn1d subnets measured")
     parser.add_argument("--overhead-trials", type=int, default=40)
-    parser.add_argument("--db")
-    parser.add_argument("--job")
     parser.add_argument("--workers", type=int, default=2)
+    add_source_arguments(parser)
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -287,22 +284,22 @@ def main() -> None:
 
     truth = synthetic_front()
     tasks = [
-        ("synthetic", m, s, args.budget, None, None, truth)
-        for s in range(args.seeds)
-        for m in SAMPLERS
+        ("synthetic", m, s, args.budget, None, truth) for s in range(args.seeds) for m in SAMPLERS
     ]
     chunks = []
     try:
-        job_id, space, _, _ = cnn1d_problem(args.db, args.job)
+        source = Source(args.db, args.job, args.val_samples, args.device)
+        job_id, space, _, evaluate = cnn1d_problem(source)
     except SystemExit as missing:
         cnn1d = {"skipped": str(missing)}
     else:
         rng = np.random.default_rng(12345)
         configs = [space.sample(rng) for _ in range(args.sample)]
-        chunks = [(args.db, job_id, configs[i : i + 100]) for i in range(0, len(configs), 100)]
-        cnn1d = {"job": job_id}
+        source = source._replace(job=job_id)
+        chunks = [(source, configs[i : i + 100]) for i in range(0, len(configs), 100)]
+        cnn1d = {"job": job_id, "validation_samples": len(evaluate.splits.y_val)}
         tasks = [  # the long runs first, so that no worker starts one when the rest are done
-            ("cnn1d", m, s, args.cnn1d_budget, args.db, job_id, None)
+            ("cnn1d", m, s, args.cnn1d_budget, source, None)
             for s in range(args.seeds)
             for m in SAMPLERS
         ] + tasks
@@ -353,7 +350,8 @@ def main() -> None:
         lines += ["## cnn1d: skipped", "", cnn1d["skipped"], ""]
     else:
         lines += [
-            f"## cnn1d: job {cnn1d['job']}, known front from {cnn1d['sample']} random subnets "
+            f"## cnn1d: job {cnn1d['job']}, accuracy on {cnn1d['validation_samples']} validation "
+            f"samples, known front from {cnn1d['sample']} random subnets "
             f"(every point measured in the runs, pooled with the sample: "
             f"{cnn1d['pooled_hv_fraction']:.4f} of its hypervolume), {args.cnn1d_budget} trials "
             "per run",

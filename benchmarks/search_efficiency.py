@@ -3,7 +3,8 @@ hypervolume, on a trained ``cnn1d`` supernet, side by side in one run.
 
 Methods: ours (predictor-guided NSGA-II), pymoo NSGA-II on real evaluations, random search,
 Optuna's NSGAIISampler and Optuna's TPESampler. Every method measures subnets the same way
-(BN recalibration, validation accuracy; exact MACs) and starts from nothing but its seed; every
+(BN recalibration, accuracy on ``--val-samples`` freshly generated validation samples, 20,000
+by default; exact MACs) and starts from nothing but its seed; every
 evaluation a method asks for counts, its first ones included. The reference hypervolume is
 that of a long NSGA-II run on real evaluations (``--reference-budget``, 1000); a second,
 stricter table measures against every point any method measured, that run included.
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import optuna
-from common import Evaluator, load_job, one_thread
+from common import Evaluator, Source, add_source_arguments, one_thread
 
 from nas.search import hypervolume, run_nsga2, run_predictive_search
 from search_spaces import Config, SearchSpace
@@ -134,11 +135,10 @@ METHODS = {
 
 def run_one(args: tuple) -> tuple[str, int, list[list[float]], float]:
     """One method with one seed in a worker process: the points it measured, in order."""
-    db, job_id, method, seed, budget = args
+    source, method, seed, budget = args
     warnings.simplefilter("ignore")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    _, space, supernet, splits = load_job(db, job_id)
-    evaluate = Evaluator(space, supernet, splits)
+    _, space, evaluate = source.open()
     reference = reference_point(space, evaluate)
     recorder = Recorder(evaluate, budget)
     start = time.perf_counter()
@@ -197,22 +197,23 @@ def svg_plot(curves: dict[str, list[float]], reference_hv: float, path: Path) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--db")
-    parser.add_argument("--job")
+    add_source_arguments(parser)
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--budget", type=int, default=200, help="evaluations per method and seed")
     parser.add_argument("--reference-budget", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
 
-    job_id, space, supernet, splits = load_job(args.db, args.job)
+    source = Source(args.db, args.job, args.val_samples, args.device)
+    job_id, space, evaluate = source.open()
+    source = source._replace(job=job_id)
     # the long reference run first, so that it does not finish alone after everything else
-    tasks = [(args.db, job_id, "pymoo NSGA-II (real evaluations)", 1000, args.reference_budget)]
-    tasks += [(args.db, job_id, m, s, args.budget) for s in range(args.seeds) for m in METHODS]
+    tasks = [(source, "pymoo NSGA-II (real evaluations)", 1000, args.reference_budget)]
+    tasks += [(source, m, s, args.budget) for s in range(args.seeds) for m in METHODS]
     started = time.perf_counter()
     with get_context("spawn").Pool(args.workers, initializer=one_thread) as pool:
         long_run, *runs = pool.map(run_one, tasks, chunksize=1)
-    reference = reference_point(space, Evaluator(space, supernet, splits))
+    reference = reference_point(space, evaluate)
     everything = [p for _, _, points, _ in [long_run, *runs] for p in points]
     references = {
         "long_run": curve(long_run[2], reference)[-1],
@@ -244,6 +245,7 @@ def main() -> None:
     }
     result = {
         "job": job_id,
+        "validation_samples": len(evaluate.splits.y_val),
         "seeds": args.seeds,
         "budget_per_run": args.budget,
         "reference": {
@@ -266,7 +268,8 @@ def main() -> None:
         f"# Search efficiency on job {job_id} "
         f"({args.seeds} seeds, {args.budget} evaluations max per run)",
         "",
-        f"Hypervolume box: accuracy >= {reference[0]:.4f}, MACs <= {reference[1]:.0f}.",
+        f"Accuracy on {len(evaluate.splits.y_val)} validation samples. Hypervolume box: "
+        f"accuracy >= {reference[0]:.4f}, MACs <= {reference[1]:.0f}.",
         "",
         f"## Against a {len(long_run[2])}-evaluation NSGA-II run (hypervolume "
         f"{references['long_run']:.6g})",
