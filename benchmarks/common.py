@@ -53,7 +53,18 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
         default=VAL_SAMPLES,
         help="freshly generated validation samples to measure on (0: the job's own set)",
     )
-    parser.add_argument("--device", default="cpu", help="where subnets are measured, e.g. cuda")
+    parser.add_argument("--device", default="cpu", type=device, help="where subnets are measured")
+
+
+def device(name: str) -> str:
+    """``name`` if torch can compute there (``cpu``, ``cuda``, ``cuda:1``), else a usage error."""
+    import torch
+
+    try:
+        torch.empty(1, device=name)
+    except (RuntimeError, AssertionError) as error:
+        raise argparse.ArgumentTypeError(f"cannot compute on {name!r}: {error}") from None
+    return name
 
 
 def load_job(db: str | None, job_id: str | None, val_samples: int | None = None):
@@ -82,7 +93,7 @@ def load_job(db: str | None, job_id: str | None, val_samples: int | None = None)
 
 class Evaluator:
     """Real measurements of subnets (validation accuracy after BN recalibration, exact MACs),
-    memoised per config, on ``device`` (a GPU measures in a fraction of a CPU core's time)."""
+    memoised per config, on ``device`` (``cpu``, or ``cuda`` where there is a GPU)."""
 
     def __init__(self, space: SearchSpace, supernet, splits: Splits, device: str = "cpu"):
         self.space, self.supernet, self.splits, self.device = space, supernet, splits, device
