@@ -18,10 +18,13 @@ Also the sampler's own time per trial in a study that already holds 1,000 trials
 on the synthetic problem), where its predictors are fitted on ``max_fit`` of them.
 
     python benchmarks/optuna_sampler.py [--seeds 10] [--db .nas/nas.db] [--job ID] [--workers 2]
+        [--val-samples 20000] [--device cpu]
 
-With the cnn1d problem it takes about half an hour with 2 workers on 2 cores (the 3,000-subnet
-sample 10 minutes, our sampler about 0.5 s a trial on that space); the synthetic problem
-alone, about 5 minutes.
+With the cnn1d problem measured on the job's 4,000 validation samples (``--val-samples 0``) it
+takes about half an hour with 2 workers on 2 cores (the 3,000-subnet sample 10 minutes, our
+sampler about 0.5 s a trial on that space); on 20,000, a subnet takes about 1.1 s rather than
+0.4 on one core, so give it many cores or a GPU. The synthetic problem alone takes about 5
+minutes.
 
 Results: benchmarks/results/optuna_sampler.{json,md}.
 """
