@@ -33,6 +33,9 @@ JOB_TIMEOUT_S = 300
 MEASURED = ["accuracy", "test_accuracy", "macs", "params", "latency_ms@cpu"]
 
 
+CANCELLED_EPOCHS = 40
+
+
 def cluster_spec(name: str) -> dict:
     """A job of a few seconds of work: digits, three epochs, six subnets."""
     # no latency bound: four jobs starting at once load the node, and a bound checked on a
@@ -322,7 +325,11 @@ def test_a_rejected_token_is_one_clear_line(cluster: dict, postgres_url: str, tm
 
 
 def test_cancel_stops_a_submitted_job(cluster: dict, postgres_url: str, shared: dict) -> None:
-    job_id = submit(cluster_spec("cancelled"), shared["tmp"], cluster, postgres_url)
+    # far more epochs than a cancel takes to land: three digits epochs can all finish between
+    # seeing the first one and Ray stopping the controller
+    spec = cluster_spec("cancelled")
+    spec["training"]["epochs"] = CANCELLED_EPOCHS
+    job_id = submit(spec, shared["tmp"], cluster, postgres_url)
 
     def training() -> bool:
         with Store(postgres_url) as store:
@@ -339,4 +346,4 @@ def test_cancel_stops_a_submitted_job(cluster: dict, postgres_url: str, shared: 
     wait_until(stopped, "Ray to stop the controller")
     with Store(postgres_url) as store:
         assert store.get_job(job_id).status == "cancelled"
-        assert store.training_runs(job_id)[0].epochs_done < 3
+        assert store.training_runs(job_id)[0].epochs_done < CANCELLED_EPOCHS
