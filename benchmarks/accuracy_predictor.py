@@ -14,7 +14,7 @@ Run the demo job first (it trains the supernet), then::
     python benchmarks/accuracy_predictor.py [--db .nas/nas.db] [--job ID] [--train 50,100,200,400]
         [--test 200] [--val-samples 20000] [--workers 2] [--device cpu]
 
-About 25 minutes with 2 workers on 2 cores (measuring 1,200 subnets on 20,000 samples).
+About 20 minutes with 2 workers on 2 cores (measuring 1,200 subnets on 20,000 samples).
 Results: benchmarks/results/accuracy_predictor.{json,md}.
 """
 
@@ -104,9 +104,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     sizes = sorted(int(n) for n in args.train.split(","))
-    source = Source(args.db, args.job, args.val_samples, args.device)
-    job_id, space, evaluate = source.open()
-    source = source._replace(job=job_id)
+    source, space, evaluate = Source.from_args(args).open()
+    job_id = source.job
 
     started = time.perf_counter()
     subnets = {d: draw_subnets(space, d, sizes[-1] + args.test, args.seed) for d in DRAWS}

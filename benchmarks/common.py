@@ -38,10 +38,16 @@ class Source(NamedTuple):
     val_samples: int | None = None
     device: str = "cpu"
 
-    def open(self) -> tuple[str, SearchSpace, Evaluator]:
-        """``(job id, space, evaluator)``."""
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Source:
+        """The source named by ``add_source_arguments``' options."""
+        return cls(args.db, args.job, args.val_samples, args.device)
+
+    def open(self) -> tuple[Source, SearchSpace, Evaluator]:
+        """``(source, space, evaluator)``, the source pinned to the job it opened (so that
+        workers open that job even if a newer one finishes meanwhile)."""
         job_id, space, supernet, splits = load_job(self.db, self.job, self.val_samples)
-        return job_id, space, Evaluator(space, supernet, splits, self.device)
+        return self._replace(job=job_id), space, Evaluator(space, supernet, splits, self.device)
 
 
 def add_source_arguments(parser: argparse.ArgumentParser) -> None:

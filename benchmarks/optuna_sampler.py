@@ -115,9 +115,9 @@ def synthetic_front() -> dict:
 
 # ---- problem 2: the cnn1d supernet of a finished job --------------------------------------
 def cnn1d_problem(source: Source):
-    """``(job id, space, objective, evaluator)``: the objective suggests every dimension as a
-    categorical and measures the canonical config (memoised)."""
-    job_id, space, evaluate = source.open()
+    """``(source pinned to its job, space, objective, evaluator)``: the objective suggests every
+    dimension as a categorical and measures the canonical config (memoised)."""
+    source, space, evaluate = source.open()
     seconds = [0.0]
 
     def objective(trial: optuna.Trial) -> tuple[float, float]:
@@ -130,7 +130,7 @@ def cnn1d_problem(source: Source):
         return metrics["accuracy"], metrics["macs"]
 
     objective.measuring = lambda: seconds[0]  # type: ignore[attr-defined]
-    return job_id, space, objective, evaluate
+    return source, space, objective, evaluate
 
 
 # ---- runs ----------------------------------------------------------------------------------
@@ -291,16 +291,14 @@ def main() -> None:
     ]
     chunks = []
     try:
-        source = Source(args.db, args.job, args.val_samples, args.device)
-        job_id, space, _, evaluate = cnn1d_problem(source)
+        source, space, _, evaluate = cnn1d_problem(Source.from_args(args))
     except SystemExit as missing:
         cnn1d = {"skipped": str(missing)}
     else:
         rng = np.random.default_rng(12345)
         configs = [space.sample(rng) for _ in range(args.sample)]
-        source = source._replace(job=job_id)
         chunks = [(source, configs[i : i + 100]) for i in range(0, len(configs), 100)]
-        cnn1d = {"job": job_id, "validation_samples": len(evaluate.splits.y_val)}
+        cnn1d = {"job": source.job, "validation_samples": len(evaluate.splits.y_val)}
         tasks = [  # the long runs first, so that no worker starts one when the rest are done
             ("cnn1d", m, s, args.cnn1d_budget, source, None)
             for s in range(args.seeds)

@@ -204,9 +204,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
 
-    source = Source(args.db, args.job, args.val_samples, args.device)
-    job_id, space, evaluate = source.open()
-    source = source._replace(job=job_id)
+    source, space, evaluate = Source.from_args(args).open()
+    job_id = source.job
     # the long reference run first, so that it does not finish alone after everything else
     tasks = [(source, "pymoo NSGA-II (real evaluations)", 1000, args.reference_budget)]
     tasks += [(source, m, s, args.budget) for s in range(args.seeds) for m in METHODS]
