@@ -119,12 +119,25 @@ def test_accuracy_is_modelled_on_the_logit_with_its_steps() -> None:
     assert near_top.high - near_top.low < low_run.high - low_run.low
 
 
+def test_a_rounded_reading_of_the_interval_end_step_is_covered() -> None:
+    step = 0.00333333  # learned from readings stored to 5 decimals
+    curves = load_curves(DIGITS)
+    p = LearningCurvePredictor(bounds=(0, 1)).fit(curves.values[:30], curves.configs[:30])
+    prediction = p.predict(curves.values[30, :40], curves.configs[30])
+    high_step = round(prediction.high / step)
+    assert prediction.covers(round(prediction.high, 5))  # the end step, as a file stores it
+    assert prediction.covers(prediction.low)
+    assert not prediction.covers(round(prediction.low - step, 5))  # one step out is out
+    if high_step < 300:
+        assert not prediction.covers(round(prediction.high + step, 5))
+
+
 # ---- predictor -----------------------------------------------------------------------------
 def test_predictor_interval_covers_held_out_finals() -> None:
     curves, configs = synthetic_runs(240)
     predictor = LearningCurvePredictor().fit(curves[:120], configs[:120])
     inside = [
-        p.low <= curve[-1] <= p.high
+        p.covers(curve[-1])
         for curve, config in zip(curves[120:], configs[120:], strict=True)
         for p in predictor.predict_prefixes(curve[:-1], config)
     ]
@@ -293,7 +306,7 @@ def test_fallback_ranks_among_the_runs_seen_so_far() -> None:
 
 
 def test_rungs_are_min_epochs_times_powers_of_the_factor() -> None:
-    assert [t for t in range(1, 60) if StoppingRule().is_rung(t)] == [2, 6, 18, 54]
+    assert [t for t in range(1, 60) if StoppingRule().is_rung(t)] == [1, 3, 9, 27]
     rule = StoppingRule(min_epochs=1, rung_factor=2)
     assert [t for t in range(1, 40) if rule.is_rung(t)] == [1, 2, 4, 8, 16, 32]
 
@@ -310,7 +323,7 @@ def test_rung_rule_keeps_the_best_half_of_the_runs_seen_there() -> None:
     assert rule.decide([0.9] * 5 + [0.3], {}, [], peers).stop  # epoch 6 is
     assert not rule.decide([0.3, 0.3], {}, [], peers[:9]).stop  # too few runs seen there
     assert not StoppingRule(rung_keep=1.0).decide([0.0, 0.0], {}, [], peers).stop
-    mins = StoppingRule(mode="min", rung_keep=0.5)
+    mins = StoppingRule(mode="min", rung_keep=0.5, min_epochs=2)
     assert mins.decide([0.8, 0.8], {}, [], peers).stop
     assert not mins.decide([0.3, 0.3], {}, [], peers).stop
 
@@ -321,8 +334,8 @@ def test_rung_rule_stops_a_run_the_model_would_keep() -> None:
     curves, configs = synthetic_runs(30, seed=2)
     predictor = LearningCurvePredictor(bounds=(0, 1)).fit(curves, configs)
     finals = [0.3] * 30  # a low bar: the model keeps nearly any run
-    run = curves[0][:2]
-    peers = [[v + 0.5 for v in run]] * 10  # ten runs far ahead at epoch 2
+    run = curves[0][:3]  # epoch 3 is a rung by default
+    peers = [[v + 0.5 for v in run]] * 10  # ten runs far ahead there
     assert not StoppingRule(predictor, rung_keep=1.0).decide(run, configs[0], finals, peers).stop
     decision = StoppingRule(predictor).decide(run, configs[0], finals, peers)
     assert decision.stop and "rung" in decision.reason

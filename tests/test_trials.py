@@ -49,7 +49,8 @@ def test_judge_falls_back_until_enough_runs_then_stops_a_clear_loser() -> None:
     """Twelve finished runs rising to 0.80-0.92; a run stuck near 0.12 is stopped once the
     predictor has its ten finished runs, and a run tracking the best one is not."""
     epochs = 6
-    judge = CurveJudge(EarlyStoppingSpec(k=1, patience=1), epochs=epochs)
+    rungs_off = EarlyStoppingSpec(k=1, patience=1, rung_keep=1.0)  # the model decides alone
+    judge = CurveJudge(rungs_off, epochs=epochs)
     rng = np.random.default_rng(0)
     finished = []
     for i, top in enumerate(np.linspace(0.80, 0.92, 12)):

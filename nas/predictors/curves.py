@@ -425,6 +425,14 @@ class CurvePrediction:
     bounds: tuple[float, float] = (-math.inf, math.inf)
     scale: MetricScale = MetricScale()
 
+    def covers(self, value: float) -> bool:
+        """Whether the interval holds ``value``. A quantised metric's reading holds its step
+        up to rounding (files often store 299/300 as 0.99667, a hair above the step ``high``
+        computed as 299 times the learned resolution): it counts as inside when its nearest
+        step is, i.e. within half a step of ``[low, high]``."""
+        slack = self.resolution / 2
+        return self.low - slack <= value <= self.high + slack
+
     def prob_above(self, value: float) -> float:
         """P(final > value), conservative by one calibration point (split-conformal style)."""
         cut = value + self.resolution / 2
@@ -622,7 +630,7 @@ class LearningCurvePredictor:
         for curve, config in zip(y, configs, strict=True):
             predictions = self.predict_prefixes(curve[:-1], config)
             means.append(predictions[t - 1].mean)
-            inside += [p.low <= curve[-1] <= p.high for p in predictions]
+            inside += [p.covers(curve[-1]) for p in predictions]
         return {
             "spearman": float(spearmanr(means, y[:, -1])[0]),
             "coverage": float(np.mean(inside)),
@@ -713,7 +721,7 @@ class StoppingRule:
     """Stop a run when it is unlikely to end among the best runs finished so far.
 
     Two rules decide, the first that stops wins. At a *rung*, an epoch ``min_epochs *
-    rung_factor ** i`` (2, 6, 18 by default; ``at_rung``), a run is stopped when its value is
+    rung_factor ** i`` (1, 3, 9, 27 by default; ``at_rung``), a run is stopped when its value is
     not among the best ``rung_keep`` of the values the runs seen so far (``peers``, at least
     ``fallback_peers`` of them) had there: successive halving's rank rule. Early on a run's
     own value ranks runs as well as a prediction from a few finished runs does, and a rung
@@ -762,7 +770,7 @@ class StoppingRule:
         tolerance: float = 0.002,
         threshold: float = 0.06,
         patience: int = 2,
-        min_epochs: int = 2,
+        min_epochs: int = 1,
         min_finished: int = 10,
         fallback_keep: float = 1.0,
         fallback_peers: int = 10,

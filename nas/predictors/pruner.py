@@ -46,7 +46,7 @@ class LearningCurvePruner(BasePruner):
         tolerance: float = 0.002,
         threshold: float = 0.06,
         patience: int = 2,
-        min_epochs: int = 2,
+        min_epochs: int = 1,
         min_finished: int = 10,
         fallback_keep: float = 1.0,
         fallback_peers: int = 10,

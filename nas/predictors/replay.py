@@ -256,7 +256,7 @@ class RuleSettings:
     tolerance: float = 0.002
     threshold: float = 0.06
     patience: int = 2
-    min_epochs: int = 2
+    min_epochs: int = 1
     min_finished: int = 10
     fallback_keep: float = 1.0
     fallback_peers: int = 10
@@ -321,7 +321,7 @@ class LearningCurveMethod(ReplayMethod):
             else:
                 finished.append(i)
             made = predictions[: min(epochs[i], horizon - 1)]  # the predictions decided on
-            covered += sum(p.low <= curve[-1] <= p.high for p in made)
+            covered += sum(p.covers(curve[-1]) for p in made)
             judged += len(made)
         diagnostics = {
             "predicted_25": predicted_25,
