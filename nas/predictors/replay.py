@@ -20,8 +20,9 @@ For the learning-curve rule also, over the runs it judged with its model (after 
 ``spearman_at_25``, the Spearman correlation, per order then averaged, between the mean
 predicted from the first 25% of each curve and the true final value (also for runs stopped
 before 25%); ``coverage_90``, the fraction of the predictions the rule decided on (one per run
-and epoch judged) whose 90% interval holds the run's true final value. A metric whose values
-all lie in [0, 1] is treated as bounded by 0 and 1 (``fraction_bounds``).
+and epoch judged) whose 90% interval holds the run's true final value
+(``CurvePrediction.covers``). A metric whose values all lie in [0, 1] is treated as bounded by
+0 and 1 (``fraction_bounds``).
 
 Optuna's pruners are driven through a real in-memory study (``ask``, ``report`` every epoch,
 ``should_prune``, ``tell``), so what is measured is Optuna's own logic.
