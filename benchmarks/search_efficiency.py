@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 from common import Evaluator, Source, add_source_arguments, one_thread
+from rich.progress import track
 
 from nas.search import hypervolume, run_nsga2, run_predictive_search
 from search_spaces import Config, SearchSpace
@@ -211,7 +212,7 @@ def main() -> None:
     tasks += [(source, m, s, args.budget) for s in range(args.seeds) for m in METHODS]
     started = time.perf_counter()
     with get_context("spawn").Pool(args.workers, initializer=one_thread) as pool:
-        long_run, *runs = pool.map(run_one, tasks, chunksize=1)
+        long_run, *runs = track(pool.imap(run_one, tasks), "runs", len(tasks))
     reference = reference_point(space, evaluate)
     everything = [p for _, _, points, _ in [long_run, *runs] for p in points]
     references = {
