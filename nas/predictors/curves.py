@@ -727,8 +727,9 @@ class StoppingRule:
     own value ranks runs as well as a prediction from a few finished runs does, and a rung
     needs no finished runs. With ``fallback_peers`` at ``min_finished`` (10, the default) the
     first runs all finish unfiltered, the sample the predictor learns from; rungs from fewer
-    peers on save more epochs, but a predictor fitted on runs the rungs filtered is too sure
-    of itself (its intervals cover too little). At ``rung_keep=1`` there are no rung stops.
+    peers on save more epochs, but the predictor then waits longer for its first finished
+    runs and has never seen the late bloomers the rungs stopped (on real curves it stops the
+    best run more often). At ``rung_keep=1`` there are no rung stops.
 
     Then, with at least ``min_finished`` finished runs and a fitted ``predictor``, a run is
     stopped at epoch ``t >= min_epochs`` when, at each of its last ``patience`` epochs,
