@@ -26,6 +26,10 @@ sampler about 0.5 s a trial on that space); on 20,000, a subnet takes about 1.1 
 0.4 on one core, so give it many cores or a GPU. The synthetic problem alone takes about 5
 minutes.
 
+Every finished run and sample chunk is kept in ``--log``
+(``.nas/benchmark-runs/optuna_sampler.jsonl``): run the same command again after a cut (a time
+limit, a lost machine) and only what was not finished is run.
+
 Results: benchmarks/results/optuna_sampler.{json,md}.
 """
 
@@ -42,8 +46,7 @@ from pathlib import Path
 
 import numpy as np
 import optuna
-from common import Source, add_source_arguments, one_thread
-from rich.progress import track
+from common import RUN_LOGS, RunLog, Source, add_source_arguments, one_thread
 
 from nas.pareto import non_dominated
 from nas.search import PredictorGuidedSampler, hypervolume
@@ -279,6 +282,12 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=3000, help="random cnn1d subnets measured")
     parser.add_argument("--overhead-trials", type=int, default=40)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--log",
+        type=Path,
+        default=RUN_LOGS / "optuna_sampler.jsonl",
+        help="finished runs and sample chunks are kept here; a run cut short resumes from it",
+    )
     add_source_arguments(parser)
     args = parser.parse_args()
     warnings.simplefilter("ignore")
@@ -304,11 +313,22 @@ def main() -> None:
             for s in range(args.seeds)
             for m in SAMPLERS
         ] + tasks
+    setup = {
+        "benchmark": "optuna_sampler",
+        "job": cnn1d.get("job"),
+        "validation_samples": cnn1d.get("validation_samples"),
+        "device": args.device,
+        "sample": args.sample,
+        "budget": args.budget,
+        "cnn1d_budget": args.cnn1d_budget,
+    }
+    log = RunLog(args.log, setup)
     with get_context("spawn").Pool(args.workers, initializer=one_thread) as pool:
         if chunks:
-            measured = track(pool.imap(measure, chunks), "cnn1d sample", len(chunks))
+            sample = {f"sample/{i}": chunk for i, chunk in enumerate(chunks)}
+            measured = log.run(pool, measure, sample, "cnn1d sample")
             cnn1d["sample"] = [point for chunk in measured for point in chunk]
-        runs = list(track(pool.imap(run_one, tasks), "runs", len(tasks)))
+        runs = log.run(pool, run_one, {f"{t[0]}/{t[1]}/{t[2]}": t for t in tasks}, "runs")
 
     result: dict = {"seeds": args.seeds, "targets": list(TARGETS)}
     synthetic_runs = [r for r in runs if r["problem"] == "synthetic"]

@@ -13,7 +13,9 @@ Run the demo job first (it trains the supernet), then::
 
     python benchmarks/search_efficiency.py [--db .nas/nas.db] [--job ID] [--seeds 10]
 
-Results: benchmarks/results/search_efficiency.{json,md,svg}.
+Every finished run is kept in ``--log`` (``.nas/benchmark-runs/search_efficiency.jsonl``):
+run the same command again after a cut (a time limit, a lost machine) and only the runs not
+finished are run. Results: benchmarks/results/search_efficiency.{json,md,svg}.
 """
 
 from __future__ import annotations
@@ -28,8 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import optuna
-from common import Evaluator, Source, add_source_arguments, one_thread
-from rich.progress import track
+from common import RUN_LOGS, Evaluator, RunLog, Source, add_source_arguments, one_thread
 
 from nas.search import hypervolume, run_nsga2, run_predictive_search
 from search_spaces import Config, SearchSpace
@@ -203,16 +204,31 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=200, help="evaluations per method and seed")
     parser.add_argument("--reference-budget", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--log",
+        type=Path,
+        default=RUN_LOGS / "search_efficiency.jsonl",
+        help="finished runs are kept here, and a run cut short resumes from it",
+    )
     args = parser.parse_args()
 
     source, space, evaluate = Source.from_args(args).open()
     job_id = source.job
     # the long reference run first, so that it does not finish alone after everything else
-    tasks = [(source, "pymoo NSGA-II (real evaluations)", 1000, args.reference_budget)]
-    tasks += [(source, m, s, args.budget) for s in range(args.seeds) for m in METHODS]
+    tasks = {"reference": (source, "pymoo NSGA-II (real evaluations)", 1000, args.reference_budget)}
+    tasks |= {f"{m}/{s}": (source, m, s, args.budget) for s in range(args.seeds) for m in METHODS}
+    setup = {
+        "benchmark": "search_efficiency",
+        "job": job_id,
+        "validation_samples": len(evaluate.splits.y_val),
+        "device": args.device,
+        "budget": args.budget,
+        "reference_budget": args.reference_budget,
+    }
+    log = RunLog(args.log, setup)
     started = time.perf_counter()
     with get_context("spawn").Pool(args.workers, initializer=one_thread) as pool:
-        long_run, *runs = track(pool.imap(run_one, tasks), "runs", len(tasks))
+        long_run, *runs = log.run(pool, run_one, tasks, "runs")
     reference = reference_point(space, evaluate)
     everything = [p for _, _, points, _ in [long_run, *runs] for p in points]
     references = {
@@ -256,6 +272,8 @@ def main() -> None:
             "pooled_hypervolume": references["pooled"],
         },
         "summaries": summaries,
+        "ours_to_mean_final_hv": to_final(mean_curves),
+        "mean_curves": mean_curves,
         "wall_seconds": time.perf_counter() - started,
         "runs": {
             m: [{k: v for k, v in s.items() if k != "curve"} for s in seeds]
@@ -280,10 +298,33 @@ def main() -> None:
         f"{references['pooled']:.6g})",
         "",
         *table(summaries["pooled"]),
+        "",
+        "## Ours against each method's mean final hypervolume",
+        "",
+        "| method | its mean final HV | ours reaches it after | times fewer evaluations |",
+        "|---|---|---|---|",
+        *(
+            f"| {m} | {mean_curves[m][-1]:.6g} | {t['evaluations'] or 'not reached'} "
+            f"| {t['times_fewer'] or '-'} |"
+            for m, t in result["ours_to_mean_final_hv"].items()
+        ),
     ]
     (RESULTS / "search_efficiency.md").write_text("\n".join(lines) + "\n")
     svg_plot(mean_curves, references["long_run"], RESULTS / "search_efficiency.svg")
     print("\n".join(lines))
+
+
+def to_final(mean_curves: dict[str, list[float]]) -> dict[str, dict]:
+    """Per other method: the evaluations after which our mean hypervolume (over seeds) reaches
+    that method's mean final one, and how many times fewer than its whole budget that is."""
+    ours, *others = mean_curves
+    out = {}
+    for method in others:
+        final = mean_curves[method][-1]
+        n = next((i + 1 for i, v in enumerate(mean_curves[ours]) if v >= final), None)
+        fewer = round(len(mean_curves[method]) / n, 2) if n else None
+        out[method] = {"evaluations": n, "times_fewer": fewer}
+    return out
 
 
 def reaching(curve: list[float], reference_hv: float) -> int | None:
