@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable, Mapping
+from multiprocessing.pool import Pool
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -153,7 +154,9 @@ class RunLog:
             for key, result in self.results.items():
                 log.write(json.dumps({"key": key, "result": result}) + "\n")
 
-    def run(self, pool, function: Callable[[Any], Any], tasks: Mapping[str, Any], label: str):
+    def run(
+        self, pool: Pool, function: Callable[[Any], Any], tasks: Mapping[str, Any], label: str
+    ) -> list[Any]:
         """``function(task)`` for every task not done yet, in ``pool``, each result logged as
         it comes; the results of all ``tasks`` in their order (as JSON gives them back)."""
         todo = [(function, key, task) for key, task in tasks.items() if key not in self.results]
