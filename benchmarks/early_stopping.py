@@ -340,7 +340,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"## Our defaults on every file ({label_all(result['defaults'])})",
         "",
         "The same settings on every file. They were picked on these replays of both files "
-        "(seed 0, 50 orders, so these figures are not out of sample); the generalisation "
+        "(seed 0, 50 orders; a run with more orders begins with those); the generalisation "
         "table below shows what tuning on one file alone picks and how that does on the "
         "other.",
         "",
