@@ -321,7 +321,7 @@ def to_final(mean_curves: dict[str, list[float]]) -> dict[str, dict]:
     out = {}
     for method in others:
         final = mean_curves[method][-1]
-        n = next((i + 1 for i, v in enumerate(mean_curves[ours]) if v >= final), None)
+        n = first_at_least(mean_curves[ours], final)
         fewer = round(len(mean_curves[method]) / n, 2) if n else None
         out[method] = {"evaluations": n, "times_fewer": fewer}
     return out
@@ -329,7 +329,12 @@ def to_final(mean_curves: dict[str, list[float]]) -> dict[str, dict]:
 
 def reaching(curve: list[float], reference_hv: float) -> int | None:
     """Evaluations until the hypervolume ``curve`` reaches 98% of ``reference_hv``."""
-    return next((i + 1 for i, v in enumerate(curve) if v >= TARGET * reference_hv), None)
+    return first_at_least(curve, TARGET * reference_hv)
+
+
+def first_at_least(curve: list[float], value: float) -> int | None:
+    """Evaluations until ``curve`` first reaches ``value`` (``None``: never)."""
+    return next((i + 1 for i, v in enumerate(curve) if v >= value), None)
 
 
 def summarise(per_method: dict[str, list], name: str, reference_hv: float, budget: int) -> dict:
