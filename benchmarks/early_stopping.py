@@ -73,8 +73,9 @@ EARLY = replace(DEFAULT, fallback_peers=5)
 # and compared with the best finished run only, judged on one epoch, fitted on three runs
 CHEAP = replace(EARLY, k=1, patience=1, min_finished=3, threshold=0.15)
 GRID = [
-    replace(DEFAULT, threshold=0.03),
+    replace(DEFAULT, threshold=0.015),
     DEFAULT,
+    replace(DEFAULT, threshold=0.06),
     replace(DEFAULT, threshold=0.1),
     replace(DEFAULT, threshold=0.2),
     # the rule without rungs (the defaults before the rungs came)

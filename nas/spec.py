@@ -137,7 +137,7 @@ class EarlyStoppingSpec(Strict):
 
     k: int = Field(3, ge=1)
     tolerance: float = Field(0.002, ge=0.0)
-    threshold: float = Field(0.06, ge=0.0, le=1.0)
+    threshold: float = Field(0.03, ge=0.0, le=1.0)
     patience: int = Field(2, ge=1)
     min_epochs: int = Field(1, ge=1)
     min_finished: int = Field(10, ge=2)

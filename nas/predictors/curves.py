@@ -769,7 +769,7 @@ class StoppingRule:
         mode: Literal["max", "min"] = "max",
         k: int = 3,
         tolerance: float = 0.002,
-        threshold: float = 0.06,
+        threshold: float = 0.03,
         patience: int = 2,
         min_epochs: int = 1,
         min_finished: int = 10,
