@@ -44,13 +44,14 @@ def recalibrate_batchnorm(
     return net.eval()
 
 
-def accuracy(net: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
-    """Top-1 accuracy of ``net`` (in eval mode) on ``x``/``y``."""
+def accuracy(net: nn.Module, x: np.ndarray, y: np.ndarray, batch: int = BATCH) -> float:
+    """Top-1 accuracy of ``net`` (in eval mode) on ``x``/``y``, ``batch`` rows at a time (on a
+    GPU shared by many processes, larger batches: each kernel launch waits its turn)."""
     correct, device = 0, _device(net)
     with torch.no_grad():
-        for start in range(0, len(x), BATCH):
-            logits = net(torch.from_numpy(x[start : start + BATCH]).to(device))
-            correct += int((logits.argmax(dim=1).cpu().numpy() == y[start : start + BATCH]).sum())
+        for start in range(0, len(x), batch):
+            logits = net(torch.from_numpy(x[start : start + batch]).to(device))
+            correct += int((logits.argmax(dim=1).cpu().numpy() == y[start : start + batch]).sum())
     return correct / len(x)
 
 
