@@ -317,7 +317,6 @@ def main() -> None:
         "benchmark": "optuna_sampler",
         "job": cnn1d.get("job"),
         "validation_samples": cnn1d.get("validation_samples"),
-        "device": args.device,
         "sample": args.sample,
         "budget": args.budget,
         "cnn1d_budget": args.cnn1d_budget,

@@ -221,7 +221,6 @@ def main() -> None:
         "benchmark": "search_efficiency",
         "job": job_id,
         "validation_samples": len(evaluate.splits.y_val),
-        "device": args.device,
         "budget": args.budget,
         "reference_budget": args.reference_budget,
     }

@@ -45,8 +45,8 @@ def recalibrate_batchnorm(
 
 
 def accuracy(net: nn.Module, x: np.ndarray, y: np.ndarray, batch: int = BATCH) -> float:
-    """Top-1 accuracy of ``net`` (in eval mode) on ``x``/``y``, ``batch`` rows at a time (on a
-    GPU shared by many processes, larger batches: each kernel launch waits its turn)."""
+    """Top-1 accuracy of ``net`` (in eval mode) on ``x``/``y``, ``batch`` rows at a time (larger
+    on a GPU that many processes share)."""
     correct, device = 0, _device(net)
     with torch.no_grad():
         for start in range(0, len(x), batch):
