@@ -341,9 +341,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"## Our defaults on every file ({label_all(result['defaults'])})",
         "",
         "The same settings on every file. They were picked on replays of both files with "
-        "seed 0 (200 orders), where tuning on either file alone picked threshold=0.03; "
-        f"this run's orders are drawn with seed {result['seed']}. The generalisation table "
-        "below shows what tuning on one file alone picks and how that does on the other.",
+        f"seed 0 (200 orders); this run's orders are drawn with seed {result['seed']}. The "
+        "generalisation table below shows what tuning on one file alone picks and how that "
+        "does on the other.",
         "",
         'Two ways to ask "at equal or lower regret, fewer epochs than the Optuna pruner?": '
         "(a) at each pruner's regret, is some setting of ours (sweep below) cheaper, against its "
