@@ -5,10 +5,12 @@ Pass the curve files (one JSON object per line, ``.jsonl`` or ``.jsonl.gz``: ``i
 
     .venv/bin/python benchmarks/early_stopping.py RUNS_A.jsonl.gz RUNS_B.jsonl.gz
 
-About ten minutes per file on one core; ``--jobs N`` replays the methods in N processes. It
-writes ``benchmarks/results/early_stopping.json`` (every figure) and ``early_stopping.md`` (the
-tables), and does, on the same random orders for every method (``--orders`` random subsets of
-``--subset`` curves, each in a random order):
+About ten minutes per file on one core at 50 orders; ``--jobs N`` replays the methods in N
+processes. Every finished replay is kept in ``--log``
+(``.nas/benchmark-runs/early_stopping.jsonl``): run the same command again after a cut and
+only the replays not finished are run. It writes ``benchmarks/results/early_stopping.json``
+(every figure) and ``early_stopping.md`` (the tables), and does, on the same random orders
+for every method (``--orders`` random subsets of ``--subset`` curves, each in a random order):
 
 1. every file: all methods of ``nas curves replay`` side by side, ours at its defaults;
 2. every file: a sweep of our rule's settings (``GRID``) and of each Optuna pruner's own
@@ -39,12 +41,13 @@ import platform
 import random
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, replace
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from common import RUN_LOGS, RunLog
 from scipy.stats import spearmanr
 
 from nas.predictors.curves import LearningCurvePredictor
@@ -68,30 +71,34 @@ TARGETS = {"epochs_fraction": 0.35, "p_best_kept": 0.95, "top3_recall": 0.90}
 TUNING_MARGIN = {"p_best_kept": 0.03, "top3_recall": 0.02}
 COVERAGE = (0.85, 0.95)
 DEFAULT = RuleSettings()
-# rungs (at epochs 1, 3, 9, 27) from the sixth run on: the first finished runs filtered too
-EARLY = replace(DEFAULT, fallback_peers=5)
-# and compared with the best finished run only, judged on one epoch, fitted on three runs
-CHEAP = replace(EARLY, k=1, patience=1, min_finished=3, threshold=0.15)
+# the defaults before these: rungs at 1, 3, 9, 27, the model from the first epoch on, fitted
+# once ten unfiltered runs have finished, at twice the threshold
+PREVIOUS = replace(
+    DEFAULT, threshold=0.03, model_from=1, min_finished=10, fallback_peers=10, rung_factor=3.0
+)
+# compared with the best finished run only, judged on one epoch, fitted on three runs
+CHEAP = replace(DEFAULT, k=1, patience=1, min_finished=3, threshold=0.15, model_from=1)
 GRID = [
-    replace(DEFAULT, threshold=0.015),
+    replace(DEFAULT, threshold=0.0075),
     DEFAULT,
+    replace(DEFAULT, threshold=0.03),
     replace(DEFAULT, threshold=0.06),
     replace(DEFAULT, threshold=0.1),
     replace(DEFAULT, threshold=0.2),
-    # the rule without rungs (the defaults before the rungs came)
-    replace(EARLY, rung_keep=1.0),
-    replace(EARLY, rung_keep=1.0, threshold=0.2),
-    # rungs at 2, 6, 18 rather than 1, 3, 9, 27
-    replace(DEFAULT, min_epochs=2),
-    # rungs from the sixth run on: cheaper, and the predictor learns from filtered runs
-    replace(DEFAULT, fallback_peers=5),
-    replace(DEFAULT, min_epochs=3, rung_keep=1 / 3),
-    replace(EARLY, rung_keep=1 / 3),
-    replace(EARLY, rung_keep=1 / 3, threshold=0.1),
-    replace(EARLY, rung_factor=2.0),
-    replace(EARLY, rung_factor=2.0, rung_keep=0.4),
-    replace(EARLY, rung_keep=0.25),
-    replace(EARLY, rung_keep=0.2),
+    PREVIOUS,
+    # the rule without rungs
+    replace(DEFAULT, rung_keep=1.0),
+    replace(DEFAULT, rung_keep=1.0, threshold=0.2),
+    # the model from the first epoch on; rungs at 1, 3, 9, 27; ten unfiltered runs first
+    replace(DEFAULT, model_from=1),
+    replace(DEFAULT, rung_factor=3.0),
+    replace(DEFAULT, min_finished=10, fallback_peers=10),
+    replace(DEFAULT, rung_keep=1 / 3),
+    replace(DEFAULT, rung_keep=1 / 3, threshold=0.1),
+    replace(DEFAULT, rung_factor=2.0),
+    replace(DEFAULT, rung_factor=2.0, rung_keep=0.4),
+    replace(DEFAULT, rung_keep=0.25),
+    replace(DEFAULT, rung_keep=0.2),
     CHEAP,
     replace(CHEAP, rung_keep=1 / 3),
     replace(CHEAP, rung_keep=0.25),
@@ -192,12 +199,11 @@ def meets(row: dict[str, Any], margin: dict[str, float] | None = None) -> bool:
     return all(row[k] >= TARGETS[k] + margin.get(k, 0.0) for k in ("p_best_kept", "top3_recall"))
 
 
-def replay_one(
-    path: str, metric: str, method: str, index: int, args: argparse.Namespace
-) -> dict[str, Any]:
-    """One method's replay report: ``default_methods()[index]``, ``GRID[index]`` or
-    ``optuna_grid()[index]``. Methods are rebuilt in the process that replays them (Optuna's
-    pruner factories do not pickle)."""
+def replay_one(task: tuple[str, str, str, int, int, int, int]) -> dict[str, Any]:
+    """One method's replay report, for ``task = (path, metric, method, index, orders, subset,
+    seed)``: ``default_methods()[index]``, ``GRID[index]`` or ``optuna_grid()[index]``. Methods
+    are rebuilt in the process that replays them (Optuna's pruner factories do not pickle)."""
+    path, metric, method, index, orders, subset, seed = task
     curves = load_curves(path, metric)
     if method == "main":
         chosen = default_methods()[index]
@@ -205,7 +211,7 @@ def replay_one(
         chosen = optuna_grid()[index][1]
     else:
         chosen = LearningCurveMethod(GRID[index], name=label(GRID[index]))
-    return replay(curves, [chosen], orders=args.orders, subset=args.subset, seed=args.seed)
+    return replay(curves, [chosen], orders=orders, subset=subset, seed=seed)
 
 
 def tuned(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -331,7 +337,8 @@ def markdown(result: dict[str, Any]) -> str:
         "# Early stopping on real learning curves",
         "",
         f"{result['orders']} random orders of {result['subset']} curves per file, "
-        f"{result['seconds']:.0f} s in {result['jobs']} process(es). Produced by "
+        f"{result['seconds']:.0f} s in {result['jobs']} process(es) for the replays not "
+        "already in the run log. Produced by "
         "`benchmarks/early_stopping.py`; every figure is in `early_stopping.json`.",
         "",
         "Targets for ours: epochs <= 35%, P(best kept) >= 0.95, top-3 recall >= 0.90, "
@@ -341,7 +348,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"## Our defaults on every file ({label_all(result['defaults'])})",
         "",
         "The same settings on every file. They were picked on replays of both files with "
-        f"seed 0 (200 orders); this run's orders are drawn with seed {result['seed']}. The "
+        "seeds 0 and 1 (200 orders each); this run's orders are drawn with seed "
+        f"{result['seed']}. The "
         "generalisation table below shows what tuning on one file alone picks and how that "
         "does on the other.",
         "",
@@ -501,11 +509,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--jobs", type=int, default=1, help="processes replaying methods")
+    parser.add_argument(
+        "--log",
+        type=Path,
+        default=RUN_LOGS / "early_stopping.jsonl",
+        help="finished replays, kept to resume after a cut",
+    )
     args = parser.parse_args(argv)
     started = time.perf_counter()
     names = {path: Path(path).name.split(".")[0] for path in args.files}
-    tasks = [
-        (path, method, index)
+    tasks = {
+        f"{names[path]} {method} {index}": (
+            path, args.metric, method, index, args.orders, args.subset, args.seed
+        )
         for path in args.files
         for method, count in (
             ("main", len(default_methods())),
@@ -513,19 +529,25 @@ def main(argv: list[str] | None = None) -> int:
             ("optuna", len(optuna_grid())),
         )
         for index in range(count)
-    ]
+    }  # fmt: skip
+    setup = {
+        "benchmark": "early_stopping",
+        **{k: getattr(args, k) for k in ("metric", "orders", "subset", "seed")},
+        "files": sorted(names.values()),
+        "defaults": asdict(DEFAULT),
+        "sweep": [label(settings) for settings in GRID],
+        "optuna_sweep": [pruner.name for _, pruner in optuna_grid()],
+    }
+    log = RunLog(args.log, setup)
     print(f"replaying {len(tasks)} methods and settings in {args.jobs} processes", flush=True)
-    with ProcessPoolExecutor(args.jobs) as pool:
-        futures = {
-            task: pool.submit(replay_one, task[0], args.metric, task[1], task[2], args)
-            for task in tasks
-        }
+    with get_context("spawn").Pool(args.jobs) as pool:
         ranking_futures = {
-            path: pool.submit(early_ranking, load_curves(path, args.metric), args.seed)
+            path: pool.apply_async(early_ranking, (load_curves(path, args.metric), args.seed))
             for path in args.files
         }
-        reports = {task: future.result() for task, future in futures.items()}
-        ranking = {path: future.result() for path, future in ranking_futures.items()}
+        done = dict(zip(tasks, log.run(pool, replay_one, tasks, "replays"), strict=True))
+        ranking = {path: future.get() for path, future in ranking_futures.items()}
+    reports = {(task[0], task[2], task[3]): done[key] for key, task in tasks.items()}
     files: dict[str, Any] = {}
     lat: dict[str, Any] = {}
     for path, name in names.items():

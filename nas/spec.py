@@ -128,23 +128,25 @@ TUNABLE = {"lr", "weight_decay", "batch_size", "random_subnets"}
 class EarlyStoppingSpec(Strict):
     """The learning-curve stopping rule (``nas.predictors.curves.StoppingRule``): at epochs
     ``min_epochs * rung_factor ** i`` stop a run out of the best ``rung_keep`` of the runs so
-    far (at least ``fallback_peers``) there; and stop a run when P(its final score ends above
-    the ``k``-th best finished run's, less ``tolerance``) has stayed below ``threshold * (1 -
-    decay * epoch / epochs)`` for ``patience`` epochs. Before ``min_finished`` runs have
-    finished (the predictor needs them) the probability gives way to ranks: a run stops when
-    it is out of the best ``fallback_keep`` of the runs so far for ``patience`` epochs; at 1,
-    the default, only the rungs stop it then. Defaults are ``StoppingRule``'s."""
+    far (at least ``fallback_peers``) there; and, from epoch ``model_from`` on, stop a run when
+    P(its final score ends above the ``k``-th best finished run's, less ``tolerance``) has
+    stayed below ``threshold * (1 - decay * epoch / epochs)`` for ``patience`` epochs. Before
+    ``min_finished`` runs have finished (the predictor needs them) the probability gives way
+    to ranks: a run stops when it is out of the best ``fallback_keep`` of the runs so far for
+    ``patience`` epochs; at 1, the default, only the rungs stop it then. Defaults are
+    ``StoppingRule``'s."""
 
     k: int = Field(3, ge=1)
     tolerance: float = Field(0.002, ge=0.0)
-    threshold: float = Field(0.03, ge=0.0, le=1.0)
+    threshold: float = Field(0.015, ge=0.0, le=1.0)
     patience: int = Field(2, ge=1)
     min_epochs: int = Field(1, ge=1)
-    min_finished: int = Field(10, ge=2)
+    model_from: int = Field(5, ge=1)
+    min_finished: int = Field(5, ge=2)
     fallback_keep: float = Field(1.0, gt=0.0, le=1.0)
-    fallback_peers: int = Field(10, ge=1)
+    fallback_peers: int = Field(5, ge=1)
     decay: float = Field(1.0, ge=0.0, le=1.0)
-    rung_factor: float = Field(3.0, gt=1.0)
+    rung_factor: float = Field(4.0, gt=1.0)
     rung_keep: float = Field(0.5, gt=0.0, le=1.0)
 
 

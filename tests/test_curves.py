@@ -243,11 +243,26 @@ def test_rule_never_stops_before_enough_runs_finished(fitted) -> None:
     assert StoppingRule(predictor, min_finished=10).decide(bad, {}, finals).stop
 
 
+def test_model_stops_no_run_before_model_from(fitted) -> None:
+    """Before epoch ``model_from`` only the rungs may stop a run: the model's low probability
+    is reported, not acted on."""
+    predictor, finals = fitted
+    bad = [0.1] * 6
+    rule = StoppingRule(predictor, threshold=0.1, model_from=5, rung_keep=1.0)
+    early = rule.decide(bad[:4], {}, finals)
+    assert not early.stop and early.probability is not None and early.probability < 0.05
+    assert "no run before epoch 5" in early.reason
+    assert rule.decide(bad[:5], {}, finals).stop
+    anytime = StoppingRule(predictor, threshold=0.1, model_from=1, rung_keep=1.0)
+    assert anytime.decide(bad[:2], {}, finals).stop
+
+
 def test_rule_patience_needs_consecutive_low_probabilities(fitted) -> None:
     predictor, finals = fitted
     bad = [0.1] * 5
-    assert not StoppingRule(predictor, patience=2).decide(bad[:1], {}, finals).stop
-    assert StoppingRule(predictor, patience=2).decide(bad, {}, finals).stop
+    rule = StoppingRule(predictor, patience=2, threshold=0.1)
+    assert not rule.decide(bad[:1], {}, finals).stop
+    assert rule.decide(bad, {}, finals).stop
 
 
 def test_threshold_shrinks_as_the_run_gets_on(fitted) -> None:
@@ -297,7 +312,7 @@ def test_fallback_ranks_among_the_runs_seen_so_far() -> None:
     assert not rule.decide([0.65] * 4, {}, [], peers).stop  # among the best half
     assert not rule.decide([0.9, 0.25], {}, [], peers).stop  # low for one epoch only
     assert not rule.decide([0.25] * 4, {}, [], peers[:4]).stop  # too few runs to rank against
-    assert not StoppingRule(min_finished=10).decide([0.0] * 4, {}, [], peers).stop  # keep = 1
+    assert not StoppingRule(min_finished=10, rung_keep=1.0).decide([0.0] * 4, {}, [], peers).stop
     mins = StoppingRule(
         mode="min", min_finished=10, fallback_keep=0.5, fallback_peers=5, patience=1,
         min_epochs=1, rung_keep=1.0,
@@ -306,7 +321,7 @@ def test_fallback_ranks_among_the_runs_seen_so_far() -> None:
 
 
 def test_rungs_are_min_epochs_times_powers_of_the_factor() -> None:
-    assert [t for t in range(1, 60) if StoppingRule().is_rung(t)] == [1, 3, 9, 27]
+    assert [t for t in range(1, 60) if StoppingRule().is_rung(t)] == [1, 4, 16]
     rule = StoppingRule(min_epochs=1, rung_factor=2)
     assert [t for t in range(1, 40) if rule.is_rung(t)] == [1, 2, 4, 8, 16, 32]
 
@@ -334,8 +349,8 @@ def test_rung_rule_stops_a_run_the_model_would_keep() -> None:
     curves, configs = synthetic_runs(30, seed=2)
     predictor = LearningCurvePredictor(bounds=(0, 1)).fit(curves, configs)
     finals = [0.3] * 30  # a low bar: the model keeps nearly any run
-    run = curves[0][:3]  # epoch 3 is a rung by default
-    peers = [[v + 0.5 for v in run]] * 10  # ten runs far ahead there
+    run = curves[0][:4]  # epoch 4 is a rung by default
+    peers = [[v + 0.4 for v in run]] * 10  # ten runs far ahead there
     assert not StoppingRule(predictor, rung_keep=1.0).decide(run, configs[0], finals, peers).stop
     decision = StoppingRule(predictor).decide(run, configs[0], finals, peers)
     assert decision.stop and "rung" in decision.reason

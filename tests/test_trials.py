@@ -49,9 +49,12 @@ def test_judge_falls_back_until_enough_runs_then_stops_a_clear_loser() -> None:
     """Twelve finished runs rising to 0.80-0.92; a run stuck near 0.12 is stopped once the
     predictor has its ten finished runs, and a run tracking the best one is not."""
     epochs = 6
-    # the model decides alone; the probability this loser gets from twelve finished runs,
-    # 1/37, is above the default threshold halfway through six epochs
-    rungs_off = EarlyStoppingSpec(k=1, patience=1, rung_keep=1.0, threshold=0.1)
+    # the model decides alone, from the first epoch, once ten runs have finished; the
+    # probability this loser gets from twelve finished runs, 1/37, is above the default
+    # threshold
+    rungs_off = EarlyStoppingSpec(
+        k=1, patience=1, rung_keep=1.0, threshold=0.1, model_from=1, min_finished=10
+    )
     judge = CurveJudge(rungs_off, epochs=epochs)
     rng = np.random.default_rng(0)
     finished = []
@@ -102,6 +105,7 @@ def test_job_trains_several_runs_stops_losers_and_keeps_the_best(tmp_path, capsy
             "decay": 0.0,
             "patience": 1,
             "min_finished": min_finished,
+            "model_from": 1,  # runs of four epochs: the model judges from the first
             "rung_keep": 1.0,  # no rung stops: every stop here is the model's
         },
     )

@@ -255,14 +255,15 @@ class RuleSettings:
 
     k: int = 3
     tolerance: float = 0.002
-    threshold: float = 0.03
+    threshold: float = 0.015
     patience: int = 2
     min_epochs: int = 1
-    min_finished: int = 10
+    model_from: int = 5
+    min_finished: int = 5
     fallback_keep: float = 1.0
-    fallback_peers: int = 10
+    fallback_peers: int = 5
     decay: float = 1.0
-    rung_factor: float = 3.0
+    rung_factor: float = 4.0
     rung_keep: float = 0.5
 
     def rule(self, predictor: LearningCurvePredictor | None, mode: str) -> StoppingRule:
