@@ -5,12 +5,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-from collections.abc import Callable, Mapping
-from multiprocessing.pool import Pool
-from pathlib import Path
-from typing import Any, NamedTuple
-
-from rich.progress import track
+from typing import NamedTuple
 
 from nas.spec import JobSpec
 from nas.store import Store, resolve_url
@@ -139,59 +134,3 @@ class Evaluator:
                 "macs": float(self.supernet.macs(config)),
             }
         return self.cache[key]
-
-
-#: Where a benchmark keeps the results of its finished tasks, to resume after a cut (``RunLog``).
-RUN_LOGS = Path(".nas") / "benchmark-runs"
-
-
-class RunLog:
-    """The results of a benchmark's finished tasks, one JSON line each after a first line that
-    names the setup they were measured under (job, validation samples, budgets...): a benchmark
-    cut short (a time limit, a lost machine) runs again only what it had not finished. A file
-    written under another setup starts afresh, since its results would not be comparable. The
-    device is not part of a setup: a subnet measured on a CPU and on a GPU differs by float
-    rounding alone (at most 2 of 20,000 validation samples, seen on 25 cnn1d subnets), so a
-    run cut short on a GPU may be finished on a CPU."""
-
-    def __init__(self, path: Path, setup: Mapping[str, Any]):
-        self.path, self.setup = path, json.loads(json.dumps(setup))
-        self.results: dict[str, Any] = {}
-        lines = path.read_text().splitlines() if path.exists() else []
-        if lines and _parsed(lines[0]) == self.setup:
-            for line in lines[1:]:
-                entry = _parsed(line)  # None for a line cut off by a kill
-                if isinstance(entry, dict) and "key" in entry:
-                    self.results[entry["key"]] = entry["result"]
-            print(f"resuming from {path}: {len(self.results)} tasks already done")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w") as log:  # rewritten whole: no half line stays in it
-            log.write(json.dumps(self.setup) + "\n")
-            for key, result in self.results.items():
-                log.write(json.dumps({"key": key, "result": result}) + "\n")
-
-    def run(
-        self, pool: Pool, function: Callable[[Any], Any], tasks: Mapping[str, Any], label: str
-    ) -> list[Any]:
-        """``function(task)`` for every task not done yet, in ``pool``, each result logged as
-        it comes; the results of all ``tasks`` in their order (as JSON gives them back)."""
-        todo = [(function, key, task) for key, task in tasks.items() if key not in self.results]
-        with self.path.open("a") as log:
-            for key, result in track(pool.imap_unordered(_keyed, todo), label, len(todo)):
-                result = json.loads(json.dumps(result))  # as a resumed run reads it
-                log.write(json.dumps({"key": key, "result": result}) + "\n")
-                log.flush()
-                self.results[key] = result
-        return [self.results[key] for key in tasks]
-
-
-def _keyed(job: tuple[Callable[[Any], Any], str, Any]) -> tuple[str, Any]:
-    function, key, task = job
-    return key, function(task)
-
-
-def _parsed(line: str) -> Any:
-    try:
-        return json.loads(line)
-    except json.JSONDecodeError:
-        return None

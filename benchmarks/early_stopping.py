@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import RUN_LOGS, RunLog
+from run_log import RUN_LOGS, RunLog
 from scipy.stats import spearmanr
 
 from nas.predictors.curves import LearningCurvePredictor
@@ -545,9 +545,9 @@ def main(argv: list[str] | None = None) -> int:
             path: pool.apply_async(early_ranking, (load_curves(path, args.metric), args.seed))
             for path in args.files
         }
-        done = dict(zip(tasks, log.run(pool, replay_one, tasks, "replays"), strict=True))
+        replays = log.run(pool, replay_one, tasks, "replays")
         ranking = {path: future.get() for path, future in ranking_futures.items()}
-    reports = {(task[0], task[2], task[3]): done[key] for key, task in tasks.items()}
+    reports = {(t[0], t[2], t[3]): r for t, r in zip(tasks.values(), replays, strict=True)}
     files: dict[str, Any] = {}
     lat: dict[str, Any] = {}
     for path, name in names.items():

@@ -46,7 +46,8 @@ from pathlib import Path
 
 import numpy as np
 import optuna
-from common import RUN_LOGS, RunLog, Source, add_source_arguments, one_thread
+from common import Source, add_source_arguments, one_thread
+from run_log import RUN_LOGS, RunLog
 
 from nas.pareto import non_dominated
 from nas.search import PredictorGuidedSampler, hypervolume

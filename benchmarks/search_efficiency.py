@@ -30,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 import optuna
-from common import RUN_LOGS, Evaluator, RunLog, Source, add_source_arguments, one_thread
+from common import Evaluator, Source, add_source_arguments, one_thread
+from run_log import RUN_LOGS, RunLog
 
 from nas.search import hypervolume, run_nsga2, run_predictive_search
 from search_spaces import Config, SearchSpace
