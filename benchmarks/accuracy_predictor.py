@@ -32,20 +32,13 @@ from common import Source, add_source_arguments, one_thread
 from rich.progress import track
 
 from nas.predictors.surrogate import CANDIDATES, SubnetPredictor
+from nas.search import size_spread_sample
 from search_spaces import Config, SearchSpace
 
 RESULTS = Path(__file__).parent / "results"
 #: Every regressor, the jobs' default choice among them and the Gaussian process, which the
 #: Optuna sampler also offers.
 REGRESSORS = (*CANDIDATES, "gaussian_process")
-
-
-def size_spread_sample(space: SearchSpace, rng: np.random.Generator) -> Config:
-    """A subnet whose choices all lean one way: index ~ Binomial(choices - 1, bias)."""
-    bias = rng.uniform()
-    return space.canonical(
-        {d.name: d.choices[rng.binomial(len(d.choices) - 1, bias)] for d in space.dimensions}
-    )
 
 
 DRAWS: dict[str, Callable[[SearchSpace, np.random.Generator], Config]] = {

@@ -9,7 +9,7 @@ import pytest
 from nas.pareto import non_dominated
 from nas.predictors.surrogate import SubnetPredictor
 from nas.search import hypervolume, run_nsga2, run_predictive_search
-from nas.search.engine import most_improving, spread_evenly
+from nas.search.engine import most_improving, neighbours, size_spread_sample, spread_evenly
 from search_spaces import SearchSpace
 
 
@@ -73,6 +73,29 @@ def test_spread_evenly_covers_three_objectives() -> None:
     rows = np.array(corners + [[0.5, 0.5, 0.9], [0.6, 0.5, 0.8], [0.45, 0.55, 0.95]])
     configs = [{"i": i} for i in range(len(rows))]
     assert sorted(c["i"] for c in spread_evenly(configs, rows, 3)) == [0, 1, 2]
+
+
+def test_neighbours_change_one_used_choice_each(space: SearchSpace) -> None:
+    smallest = space.min()
+    found = neighbours(space, smallest)
+    used = [d for d in space.dimensions if space.is_active(smallest, d.name)]
+    assert len(found) == sum(len(d.choices) - 1 for d in used)
+    assert len({str(sorted(c.items())) for c in found}) == len(found)
+    for config in found:
+        assert (space.encode(config) != space.encode(smallest)).sum() == 1
+    # from the largest, a shallower stage drops its last blocks' choices: still one neighbour
+    found = neighbours(space, space.max())
+    assert len(found) == sum(len(d.choices) - 1 for d in space.dimensions)
+    assert all(space.canonical(c) == c for c in found)
+
+
+def test_size_spread_samples_reach_both_ends_of_the_size_range(space: SearchSpace) -> None:
+    supernet = space.build_supernet()
+    rng = np.random.default_rng(0)
+    uniform = np.array([supernet.macs(space.sample(rng)) for _ in range(400)])
+    spread = np.array([supernet.macs(size_spread_sample(space, rng)) for _ in range(400)])
+    low, high = np.percentile(uniform, [5, 95])
+    assert (spread < low).mean() > 0.15 and (spread > high).mean() > 0.15
 
 
 def test_nsga2_measures_valid_configs_and_respects_a_constraint(space, measure) -> None:

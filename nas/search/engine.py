@@ -2,10 +2,13 @@
 
 Given the points measured so far, ``PredictiveStep.propose`` fits one ``SubnetPredictor`` per
 learned metric, runs NSGA-II on the predictions (exact metrics, such as MACs, are computed, not
-predicted) and returns the unmeasured configs of the predicted front that would add most to the
-measured front's hypervolume if they were as good as optimistically predicted, with what was
-predicted for each. Measuring them is the caller's business: Ray tasks in a job
-(``run_predictive_search``), the user's objective in an Optuna study (``PredictorGuidedSampler``).
+predicted) and returns the unmeasured configs that would add most to the measured front's
+hypervolume if they were as good as optimistically predicted, with what was predicted for each.
+The candidates are NSGA-II's predicted front and every config one choice away from a measured
+front point: next to a measured good subnet the predictors interpolate rather than extrapolate,
+and a local step can reach what a coarse predictor ranks wrongly. Measuring them is the
+caller's business: Ray tasks in a job (``run_predictive_search``), the user's objective in an
+Optuna study (``PredictorGuidedSampler``).
 """
 
 from __future__ import annotations
@@ -120,8 +123,15 @@ class PredictiveStep:
         seed = int(rng.integers(2**31))
         result = minimize(problem, algorithm, ("n_gen", self.generations), seed=seed, verbose=False)
         excluded = {config_key(c) for c, _ in measured} | set(taken)
-        front = [m for _, m in measured if feasible(m, self.constraints)]
-        chosen = _choose(space, problem, result, front, excluded, count, rng)
+        feasible_points = [(c, m) for c, m in measured if feasible(m, self.constraints)]
+        front = [m for _, m in feasible_points]
+        rows = [[m[k] for k in self.objectives] for m in front]
+        nearby = [
+            n
+            for i in non_dominated(rows, self.directions)
+            for n in neighbours(space, feasible_points[i][0])
+        ]
+        chosen = _choose(space, problem, result, nearby, front, excluded, count, rng)
         models = {k: p.chosen_ for k, p in predictors.items()}
         return Proposal(chosen, problem.metrics(chosen) if chosen else [], models)
 
@@ -209,6 +219,33 @@ def spread_evenly(candidates: list[Config], rows: np.ndarray, count: int) -> lis
     return [candidates[i] for i in picks]
 
 
+def neighbours(space: Encoding, config: Mapping[str, Any]) -> list[Config]:
+    """Every config one choice away from ``config`` (one dimension changed), without repeats;
+    changing a dimension that ``config`` does not use gives ``config`` back, which is left out."""
+    vector = space.encode(config)
+    lower, upper = space.bounds()
+    found = {config_key(config): None}
+    for i in range(len(vector)):
+        for value in range(int(lower[i]), int(upper[i]) + 1):
+            if value != vector[i]:
+                changed = vector.copy()
+                changed[i] = value
+                other = space.decode(changed)
+                found.setdefault(config_key(other), other)
+    return [c for c in found.values() if c is not None]
+
+
+def size_spread_sample(space: Encoding, rng: np.random.Generator) -> Config:
+    """A config whose choices all lean one way: one bias drawn for the config, then each
+    dimension's choice index ~ Binomial(choices - 1, bias). Uniform sampling bunches sizes
+    around the middle of a space; these reach from the smallest to the largest, as a front
+    does, and a predictor fitted on them ranks the whole range (``benchmarks/accuracy_predictor``,
+    fitted on 50 and scored on draws of the same kind: Spearman 0.93 spread, 0.77 uniform)."""
+    lower, upper = space.bounds()
+    bias = rng.uniform()
+    return space.decode(lower + rng.binomial(upper - lower, bias))
+
+
 def _starting_population(
     space: Encoding, measured: Measured, step: PredictiveStep, rng: np.random.Generator
 ) -> np.ndarray:
@@ -238,6 +275,12 @@ def most_improving(
         return []
     base = front.reshape(-1, rows.shape[1])
     reference = np.vstack([rows, base]).max(axis=0) + 1e-9
+    # a candidate the front already dominates gains nothing: leave it out of the costly loop
+    dominated = (base[None, :, :] <= rows[:, None, :]).all(axis=2).any(axis=1)
+    candidates = [c for c, d in zip(candidates, dominated, strict=True) if not d]
+    rows = rows[~dominated]
+    if not len(rows):
+        return []
     indicator = HV(ref_point=reference)
     picks: list[int] = []
     volume = float(indicator(base)) if len(base) else 0.0
@@ -253,14 +296,26 @@ def most_improving(
     return [candidates[i] for i in picks]
 
 
-def _choose(space, problem, result, front, excluded, count, rng) -> list[Config]:
-    """Configs of the predicted front not in ``excluded``: first those that would add most to
-    the hypervolume of the measured ``front`` (metrics of feasible measured points) if they
-    were as good as optimistically predicted, then the rest spread along the predicted front;
+def _choose(space, problem, result, nearby, front, excluded, count, rng) -> list[Config]:
+    """Configs of the predicted front or ``nearby`` (neighbours of the measured front, those
+    predicted to meet the constraints) not in ``excluded``: first those that would add most to
+    the hypervolume of the measured ``front`` (metrics of feasible measured points) if they were
+    as good as optimistically predicted, then the rest of the predicted front, spread along it;
     random ones if too few. A space with fewer free configs than ``count`` gives fewer."""
+    predicted_front = [
+        space.decode(np.rint(row).astype(int))
+        for row in (np.atleast_2d(result.opt.get("X")) if result.opt is not None else [])
+    ]
+    nearby = [c for c in nearby if config_key(c) not in excluded]
+    if nearby and problem.step.constraints:  # NSGA-II kept its front feasible; these may not be
+        predicted = problem.metrics(nearby)
+        nearby = [
+            c
+            for c, m in zip(nearby, predicted, strict=True)
+            if feasible(m, problem.step.constraints)
+        ]
     candidates = {}
-    for row in np.atleast_2d(result.opt.get("X")) if result.opt is not None else []:
-        config = space.decode(np.rint(row).astype(int))
+    for config in [*predicted_front, *nearby]:
         if config_key(config) not in excluded:
             candidates[config_key(config)] = config
     configs = list(candidates.values())
@@ -268,10 +323,11 @@ def _choose(space, problem, result, front, excluded, count, rng) -> list[Config]
     chosen = most_improving(
         configs, problem.objective_rows(hoped), problem.objective_rows(front), count
     )
-    if len(chosen) < count and configs:
-        rest = [i for i, c in enumerate(configs) if c not in chosen]
-        rows = problem.objective_rows(problem.metrics(configs))
-        chosen += spread_evenly([configs[i] for i in rest], rows[rest], count - len(chosen))
+    on_front = {config_key(c) for c in predicted_front}
+    rest = [c for c in configs if config_key(c) in on_front and c not in chosen]
+    if len(chosen) < count and rest:
+        rows = problem.objective_rows(problem.metrics(rest))
+        chosen += spread_evenly(rest, rows, count - len(chosen))
     keys = excluded | {config_key(c) for c in chosen}
     for _ in range(100 * count):
         if len(chosen) >= count:
