@@ -229,7 +229,8 @@ class SearchSpec(Strict):
     #: ``predictive``: NSGA-II on fitted predictors, measuring ``batch`` subnets per iteration
     #: until ``budget`` real evaluations are spent; ``nsga2``: NSGA-II measuring every candidate.
     strategy: Literal["predictive", "nsga2"] = "predictive"
-    #: Random subnets measured before the search (they also seed its first population).
+    #: Random subnets, spread over sizes, measured before the search (they also seed its first
+    #: population).
     profile_samples: int = Field(16, ge=0)
     #: Real evaluations in all, the profiled subnets included (``predictive`` only).
     budget: int = Field(96, ge=2)
