@@ -222,17 +222,17 @@ def spread_evenly(candidates: list[Config], rows: np.ndarray, count: int) -> lis
 def neighbours(space: Encoding, config: Mapping[str, Any]) -> list[Config]:
     """Every config one choice away from ``config`` (one dimension changed), without repeats;
     changing a dimension that ``config`` does not use gives ``config`` back, which is left out."""
-    vector = space.encode(config)
+    vector, own = space.encode(config), config_key(config)
     lower, upper = space.bounds()
-    found = {config_key(config): None}
+    found: dict[str, Config] = {}
     for i in range(len(vector)):
         for value in range(int(lower[i]), int(upper[i]) + 1):
-            if value != vector[i]:
-                changed = vector.copy()
-                changed[i] = value
-                other = space.decode(changed)
+            changed = vector.copy()
+            changed[i] = value
+            other = space.decode(changed)
+            if config_key(other) != own:
                 found.setdefault(config_key(other), other)
-    return [c for c in found.values() if c is not None]
+    return list(found.values())
 
 
 def size_spread_sample(space: Encoding, rng: np.random.Generator) -> Config:
