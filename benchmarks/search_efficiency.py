@@ -33,7 +33,7 @@ import optuna
 from common import Evaluator, Source, add_source_arguments, one_thread
 from run_log import RUN_LOGS, RunLog
 
-from nas.search import hypervolume, run_nsga2, run_predictive_search, size_spread_sample
+from nas.search import hypervolume, run_nsga2, run_predictive_search, size_spread_design
 from search_spaces import Config, SearchSpace
 
 RESULTS = Path(__file__).parent / "results"
@@ -70,7 +70,7 @@ class BudgetSpent(Exception):
 
 def initial(space: SearchSpace, rng: np.random.Generator) -> list[Config]:
     """The largest, the smallest and random subnets spread over sizes, as a job profiles them."""
-    return [space.max(), space.min()] + [size_spread_sample(space, rng) for _ in range(INITIAL - 2)]
+    return size_spread_design(space, INITIAL - 2, rng)
 
 
 def ours(space, evaluate, budget, seed, reference):

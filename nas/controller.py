@@ -20,7 +20,7 @@ from nas.errors import ClusterError, InfeasibleError, JobCancelled
 from nas.hardware import measure_layer_table, measure_subnets
 from nas.pareto import non_dominated
 from nas.predictors.latency import LatencyPredictor, latency_scores
-from nas.search import Iteration, run_nsga2, run_predictive_search, size_spread_sample
+from nas.search import Iteration, run_nsga2, run_predictive_search, size_spread_design
 from nas.spec import ConstraintSpec, JobSpec, directions
 from nas.store import (
     Measurement,
@@ -258,13 +258,10 @@ class Controller:
     # ---- PROFILE ------------------------------------------------------------------------
     def profile(self) -> None:
         """Measure the largest, the smallest and ``profile_samples`` random subnets spread over
-        sizes (``size_spread_sample``), which the predictors are first fitted on."""
+        sizes (``size_spread_design``), which the predictors are first fitted on."""
         self._enter("profile")
         rng = np.random.default_rng(self.spec.seed)
-        configs = [self.space.max(), self.space.min()]
-        configs += [
-            size_spread_sample(self.space, rng) for _ in range(self.spec.search.profile_samples)
-        ]
+        configs = size_spread_design(self.space, self.spec.search.profile_samples, rng)
         self.measure(configs, "profile", "profile")
 
     # ---- SEARCH -------------------------------------------------------------------------

@@ -5,11 +5,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from optuna.distributions import CategoricalDistribution
 
 from nas.pareto import non_dominated
 from nas.predictors.surrogate import SubnetPredictor
 from nas.search import hypervolume, run_nsga2, run_predictive_search
-from nas.search.engine import most_improving, neighbours, size_spread_sample, spread_evenly
+from nas.search.distributions import DistributionSpace
+from nas.search.engine import (
+    most_improving,
+    neighbours,
+    size_spread_design,
+    size_spread_sample,
+    spread_evenly,
+)
 from search_spaces import SearchSpace
 
 
@@ -96,6 +104,14 @@ def test_size_spread_samples_reach_both_ends_of_the_size_range(space: SearchSpac
     spread = np.array([supernet.macs(size_spread_sample(space, rng)) for _ in range(400)])
     low, high = np.percentile(uniform, [5, 95])
     assert (spread < low).mean() > 0.15 and (spread > high).mean() > 0.15
+
+
+def test_size_spread_design_holds_both_ends_and_distinct_draws(space: SearchSpace) -> None:
+    design = size_spread_design(space, 30, np.random.default_rng(0))
+    assert design[:2] == [space.max(), space.min()]
+    assert len({str(sorted(c.items())) for c in design}) == len(design) == 32
+    tiny = DistributionSpace({k: CategoricalDistribution([1, 2]) for k in "ab"})
+    assert len(size_spread_design(tiny, 10, np.random.default_rng(0))) == 4  # all there are
 
 
 def test_nsga2_measures_valid_configs_and_respects_a_constraint(space, measure) -> None:

@@ -3,7 +3,7 @@
 iteration), and the same predictor-guided search as an Optuna sampler
 (``PredictorGuidedSampler``)."""
 
-from nas.search.engine import PredictiveStep, Proposal, size_spread_sample
+from nas.search.engine import PredictiveStep, Proposal, size_spread_design, size_spread_sample
 from nas.search.nsga import run_nsga2
 from nas.search.predictive import Iteration, hypervolume, run_predictive_search
 from nas.search.sampler import PredictorGuidedSampler
@@ -16,5 +16,6 @@ __all__ = [
     "hypervolume",
     "run_nsga2",
     "run_predictive_search",
+    "size_spread_design",
     "size_spread_sample",
 ]

@@ -246,6 +246,21 @@ def size_spread_sample(space: Encoding, rng: np.random.Generator) -> Config:
     return space.decode(lower + rng.binomial(upper - lower, bias))
 
 
+def size_spread_design(space: Encoding, count: int, rng: np.random.Generator) -> list[Config]:
+    """The largest and the smallest config and ``count`` other distinct ``size_spread_sample``
+    draws (fewer only in a space too small to hold them): a search's first measurements. A
+    strongly leaning draw often repeats an end, so draws are repeated until distinct."""
+    lower, upper = space.bounds()
+    design = {config_key(c): c for c in (space.decode(upper), space.decode(lower))}
+    wanted = len(design) + count
+    for _ in range(100 * count):
+        if len(design) >= wanted:
+            break
+        config = size_spread_sample(space, rng)
+        design.setdefault(config_key(config), config)
+    return list(design.values())
+
+
 def _starting_population(
     space: Encoding, measured: Measured, step: PredictiveStep, rng: np.random.Generator
 ) -> np.ndarray:
