@@ -87,7 +87,7 @@ def ours(space, evaluate, budget, seed, reference):
         budget,
         reference,
         exact={"macs": lambda c: float(evaluate.evaluate.supernet.macs(c))},
-        batch=8,
+        batch=4,
         population=64,
         generations=40,
         seed=seed,

@@ -234,7 +234,10 @@ class SearchSpec(Strict):
     profile_samples: int = Field(16, ge=0)
     #: Real evaluations in all, the profiled subnets included (``predictive`` only).
     budget: int = Field(96, ge=2)
-    batch: int = Field(8, ge=1)
+    #: Subnets measured per iteration (``predictive`` only). Smaller batches refit the
+    #: predictors more often and reach a front in fewer evaluations (see the README's search
+    #: efficiency figures); larger ones keep more evaluators busy at once.
+    batch: int = Field(4, ge=1)
     #: NSGA-II's population and generations: on predictions for ``predictive`` (cheap, so
     #: large), on real measurements for ``nsga2``.
     population: int = Field(64, ge=4)

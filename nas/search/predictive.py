@@ -57,7 +57,7 @@ def run_predictive_search(
     reference: Sequence[float],
     exact: Mapping[str, Callable[[Config], float]] | None = None,
     constraints: Sequence[Mapping] = (),
-    batch: int = 8,
+    batch: int = 4,
     population: int = 64,
     generations: int = 40,
     seed: int = 0,
