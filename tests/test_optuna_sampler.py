@@ -59,7 +59,7 @@ def test_multi_objective_in_memory_proposes_predicted_front_configs() -> None:
     study.optimize(objective, n_trials=18)
     assert_complete_and_distinct(study, 18)
     guided = [t for t in study.trials if PREDICTED_KEY in t.system_attrs]
-    # the first trial samples independently (no space known yet); startup trials are random
+    # the first trial samples independently (no space known yet), then the startup design
     assert all(t.number >= SMALL["n_startup_trials"] for t in guided)
     assert len(guided) >= 9
     for t in guided:
@@ -67,6 +67,17 @@ def test_multi_objective_in_memory_proposes_predicted_front_configs() -> None:
     # proposals spread along the front: several trade-offs, not one corner
     assert len({t.params["width"] for t in guided}) >= 4
     assert len(study.best_trials) >= 4
+
+
+def test_startup_trials_reach_from_the_smallest_to_the_largest_choices() -> None:
+    sampler = PredictorGuidedSampler(seed=5, **SMALL)
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+    study.optimize(objective, n_trials=SMALL["n_startup_trials"])
+    assert_complete_and_distinct(study, SMALL["n_startup_trials"])
+    startup = [t.params for t in study.trials[1:]]  # the first: no space known yet, random
+    assert {"width": 16, "dropout": 0.5, "act": "tanh"} in startup
+    assert {"width": 1, "dropout": 0.0, "act": "relu"} in startup
+    assert not any(PREDICTED_KEY in t.system_attrs for t in study.trials)
 
 
 def test_single_objective_with_ask_and_tell_finds_the_optimum_region() -> None:

@@ -6,7 +6,8 @@ space is known, and parameters that appear only in some trials). The relative sp
 study's fixed space (the distributions every completed trial shares, or the ``search_space``
 given), mapped onto a grid by ``DistributionSpace``.
 
-For the first ``n_startup_trials`` the sampler proposes random configs. After that, each step
+For the first ``n_startup_trials`` the sampler proposes a size-spread design (``_startup``).
+After that, each step
 fits predictors on the completed trials (their values, and their constraints as Optuna stores
 them in system attrs), runs ``PredictiveStep`` (NSGA-II on the predictions) and hands the
 configs it proposes to the next trials, one each; a new step runs once as many trials have
@@ -35,8 +36,9 @@ from optuna.search_space import IntersectionSearchSpace
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from nas.predictors.surrogate import CANDIDATES
 from nas.search.distributions import Config, DistributionSpace, grid
-from nas.search.engine import Measured, PredictiveStep, config_key
+from nas.search.engine import Measured, PredictiveStep, config_key, size_spread_design
 
 #: The trial system attr holding the config (grid indices) a trial claimed.
 PROPOSAL_KEY = "nas:proposal"
@@ -46,9 +48,6 @@ PREDICTED_KEY = "nas:predicted"
 #: refitting is spread over more trials as the study grows.
 STEP_FRACTION = 0.04
 CLAIM_ATTEMPTS = 20
-#: Regressors fitted in milliseconds on ``max_fit`` trials: a step runs every few trials, so
-#: the tree ensembles a job also tries (a second per fit) would cost more than most objectives.
-FAST_CANDIDATES = ("ridge", "gaussian_process")
 
 
 class PredictorGuidedSampler(BaseSampler):
@@ -59,7 +58,9 @@ class PredictorGuidedSampler(BaseSampler):
     ``STEP_FRACTION``); ``population`` and ``generations`` size NSGA-II on the predictors;
     ``max_fit`` caps the trials the predictors are fitted on (the front first, then the
     newest). ``candidates`` are the regressors ``SubnetPredictor`` chooses among by
-    cross-validation (any of ``nas.predictors.surrogate.CANDIDATES``). ``constraints_func``
+    cross-validation: by default the jobs' (ridge and two tree ensembles, about a second a step
+    on a hundred trials); ``("ridge", "gaussian_process")`` fits in milliseconds, for
+    objectives that take less time than that. ``constraints_func``
     works as in Optuna's own samplers; constraints set with ``trial.set_constraint`` are read
     the same way. ``search_space`` fixes the relative space from the first trial instead of
     inferring it from completed trials.
@@ -73,7 +74,7 @@ class PredictorGuidedSampler(BaseSampler):
         population: int = 64,
         generations: int = 40,
         max_fit: int = 128,
-        candidates: Sequence[str] = FAST_CANDIDATES,
+        candidates: Sequence[str] = CANDIDATES,
         constraints_func: Callable[[FrozenTrial], Sequence[float]] | None = None,
         search_space: dict[str, BaseDistribution] | None = None,
         seed: int | None = None,
@@ -121,7 +122,7 @@ class PredictorGuidedSampler(BaseSampler):
         measured = _measured(study, space)
         with self._lock:
             if len(measured) < self.n_startup_trials:
-                preferred: list[tuple[Config, dict[str, float]]] = []
+                preferred = self._startup(space)
             else:
                 preferred = self._preferred(study, trial, space, measured, rng)
             config, predicted = self._claim(study, trial, space, preferred, rng)
@@ -154,6 +155,15 @@ class PredictorGuidedSampler(BaseSampler):
             _process_constraints_after_trial(self.constraints_func, study, trial, state)
 
     # ---- steps and claims ---------------------------------------------------------------
+    def _startup(self, space: DistributionSpace) -> list[tuple[Config, dict[str, float]]]:
+        """The first trials' configs, the same for every trial of the study (claims hand them
+        out in order): the grid's two corners and size-spread draws, whose marginals are as
+        uniform as random ones but which reach from all-smallest to all-largest choices, as a
+        front does."""
+        rng = np.random.default_rng(self.seed)
+        design = size_spread_design(space, self.n_startup_trials - 2, rng)
+        return [(config, {}) for config in design]
+
     def _preferred(self, study, trial, space, measured, rng) -> list[tuple[Config, dict]]:
         """The current step's proposals, after a new step if enough trials have finished."""
         taken = _claimed(study, trial, space)
