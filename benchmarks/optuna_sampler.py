@@ -279,7 +279,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--budget", type=int, default=1000, help="trials per synthetic run")
-    parser.add_argument("--cnn1d-budget", type=int, default=150, help="trials per cnn1d run")
+    parser.add_argument("--cnn1d-budget", type=int, default=600, help="trials per cnn1d run")
     parser.add_argument("--sample", type=int, default=3000, help="random cnn1d subnets measured")
     parser.add_argument("--overhead-trials", type=int, default=40)
     parser.add_argument("--workers", type=int, default=2)
