@@ -17,6 +17,9 @@ from nas.search.sampler import PREDICTED_KEY, PROPOSAL_KEY
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 SMALL = {"n_startup_trials": 6, "batch": 3, "population": 16, "generations": 8}
+#: The regressors that fit in milliseconds: the tests of constraints, seeds and workers are
+#: about the sampler, not the choice of regressor (the first test keeps the default ones).
+QUICK = {**SMALL, "candidates": ("ridge", "gaussian_process")}
 COSTS = {"relu": 0.0, "gelu": 2.0, "tanh": 1.0}
 
 
@@ -82,7 +85,7 @@ def test_startup_trials_reach_from_the_smallest_to_the_largest_choices() -> None
 
 def test_single_objective_with_ask_and_tell_finds_the_optimum_region() -> None:
     study = optuna.create_study(
-        direction="maximize", sampler=PredictorGuidedSampler(seed=1, **SMALL)
+        direction="maximize", sampler=PredictorGuidedSampler(seed=1, **QUICK)
     )
     for _ in range(16):
         trial = study.ask()
@@ -98,7 +101,7 @@ def test_constraints_from_set_constraint_and_constraints_func_are_learned() -> N
         (None, costly),
         (lambda t: [t.user_attrs["cost"] - 8.0], noting_cost),
     ]:
-        sampler = PredictorGuidedSampler(seed=2, constraints_func=constraints_func, **SMALL)
+        sampler = PredictorGuidedSampler(seed=2, constraints_func=constraints_func, **QUICK)
         study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
         study.optimize(run, n_trials=16)
         guided = [t for t in study.trials if PREDICTED_KEY in t.system_attrs]
@@ -113,7 +116,7 @@ def test_constraints_from_set_constraint_and_constraints_func_are_learned() -> N
 def test_same_seed_same_trials_other_seed_other_trials() -> None:
     def run(seed: int) -> list[tuple]:
         study = optuna.create_study(
-            directions=["maximize", "minimize"], sampler=PredictorGuidedSampler(seed=seed, **SMALL)
+            directions=["maximize", "minimize"], sampler=PredictorGuidedSampler(seed=seed, **QUICK)
         )
         study.optimize(objective, n_trials=12)
         return params_of(study)
@@ -126,7 +129,7 @@ def test_same_seed_same_trials_other_seed_other_trials() -> None:
 def _worker(url: str, name: str, n_trials: int) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(
-        study_name=name, storage=url, sampler=PredictorGuidedSampler(seed=0, **SMALL)
+        study_name=name, storage=url, sampler=PredictorGuidedSampler(seed=0, **QUICK)
     )
     study.optimize(objective, n_trials=n_trials)
 

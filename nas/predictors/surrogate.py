@@ -70,7 +70,7 @@ class RelevanceGaussianProcess(RegressorMixin, BaseEstimator):
 #: The default choice for subnets of a trained supernet: the trees rank them best, and a
 #: Gaussian process with one length scale for all features cost seconds per fit there without
 #: ranking better (see benchmarks/accuracy_predictor.py, which now also scores the one with a
-#: length scale per feature). Cheap smooth problems may prefer it (the Optuna sampler).
+#: length scale per feature). Smooth problems may prefer that one: the Optuna sampler adds it.
 CANDIDATES = ("ridge", "extra_trees", "gradient_boosting")
 
 
