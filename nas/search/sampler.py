@@ -7,11 +7,10 @@ study's fixed space (the distributions every completed trial shares, or the ``se
 given), mapped onto a grid by ``DistributionSpace``.
 
 For the first ``n_startup_trials`` the sampler proposes a size-spread design (``_startup``).
-After that, each step
-fits predictors on the completed trials (their values, and their constraints as Optuna stores
-them in system attrs), runs ``PredictiveStep`` (NSGA-II on the predictions) and hands the
-configs it proposes to the next trials, one each; a new step runs once as many trials have
-finished as the last step proposed.
+After that, each step fits predictors on the completed trials (their values, and their
+constraints as Optuna stores them in system attrs), runs ``PredictiveStep`` (NSGA-II on the
+predictions) and hands the configs it proposes to the next trials, one each; a new step runs
+once as many trials have finished as the last step proposed.
 
 Several workers may share one storage: a config is claimed by writing it to the trial's system
 attrs and reading the other trials back; a config another trial (running, finished or failed)
