@@ -113,6 +113,20 @@ def test_constraints_from_set_constraint_and_constraints_func_are_learned() -> N
         assert all(t.values[1] <= 8.0 for t in study.best_trials)
 
 
+def test_exact_objectives_are_computed_for_every_proposal_not_learned() -> None:
+    def cost(params: dict) -> float:
+        return params["width"] + COSTS[params["act"]]
+
+    sampler = PredictorGuidedSampler(seed=6, exact={1: cost}, **QUICK)
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+    study.optimize(objective, n_trials=14)
+    guided = [t for t in study.trials if PREDICTED_KEY in t.system_attrs]
+    assert len(guided) >= 6
+    for t in guided:  # a regressor fitted on a dozen trials would not hit every cost exactly
+        assert t.system_attrs[PREDICTED_KEY]["objective:1"] == t.values[1] == cost(t.params)
+    assert t.system_attrs[PREDICTED_KEY]["objective:0"] != t.values[0]  # the other is learned
+
+
 def test_same_seed_same_trials_other_seed_other_trials() -> None:
     def run(seed: int) -> list[tuple]:
         study = optuna.create_study(
@@ -171,6 +185,9 @@ def test_bad_input_is_a_clear_error() -> None:
         study.optimize(continuous, n_trials=1)
     with pytest.raises(ValueError, match="n_startup_trials must be >= 2, got n_startup_trials=1"):
         PredictorGuidedSampler(n_startup_trials=1)
+    study = optuna.create_study(sampler=PredictorGuidedSampler(exact={1: len}))
+    with pytest.raises(ValueError, match="exact= names objective 1, but the study has 1 obj"):
+        study.optimize(lambda t: t.suggest_int("x", 0, 3), n_trials=1)
     with pytest.raises(ValueError, match="parameter 'x'"):
         PredictorGuidedSampler(search_space={"x": optuna.distributions.FloatDistribution(0, 1)})
 

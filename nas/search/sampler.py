@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import threading
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -68,7 +68,10 @@ class PredictorGuidedSampler(BaseSampler):
     objectives that take less time. ``constraints_func``
     works as in Optuna's own samplers; constraints set with ``trial.set_constraint`` are read
     the same way. ``search_space`` fixes the relative space from the first trial instead of
-    inferring it from completed trials.
+    inferring it from completed trials. ``exact`` maps objective indices to functions of a
+    trial's params that give that objective without running the trial (MACs or a parameter
+    count from the architecture): those objectives are computed for every candidate, not
+    learned, as the jobs' search computes MACs.
     """
 
     def __init__(
@@ -82,6 +85,7 @@ class PredictorGuidedSampler(BaseSampler):
         candidates: Sequence[str] = SAMPLER_CANDIDATES,
         constraints_func: Callable[[FrozenTrial], Sequence[float]] | None = None,
         search_space: dict[str, BaseDistribution] | None = None,
+        exact: Mapping[int, Callable[[dict[str, Any]], float]] | None = None,
         seed: int | None = None,
     ):
         for name, value, least in [
@@ -97,6 +101,7 @@ class PredictorGuidedSampler(BaseSampler):
         self.population, self.generations = population, generations
         self.candidates = tuple(candidates)
         self.constraints_func = constraints_func
+        self.exact = dict(exact or {})
         self.space = DistributionSpace(search_space) if search_space is not None else None
         self.seed = int(np.random.SeedSequence(seed).generate_state(1)[0])
         self._intersection = IntersectionSearchSpace()
@@ -110,6 +115,12 @@ class PredictorGuidedSampler(BaseSampler):
     def infer_relative_search_space(
         self, study: optuna.Study, trial: FrozenTrial
     ) -> dict[str, BaseDistribution]:
+        outside = [i for i in self.exact if not 0 <= i < len(study.directions)]
+        if outside:
+            raise ValueError(
+                f"exact= names objective {outside[0]}, but the study has "
+                f"{len(study.directions)} objective(s), numbered from 0"
+            )
         if self.space is not None:
             return self.space.distributions
         space = {n: d for n, d in self._intersection.calculate(study).items() if not d.single()}
@@ -175,7 +186,7 @@ class PredictorGuidedSampler(BaseSampler):
         queue = self._queue if self._queue_space == space.distributions else []
         free = [(c, p) for c, p in queue if config_key(c) not in taken]
         if not free or len(measured) - self._step_at >= self._step_size:
-            step = self._step(study, measured)
+            step = self._step(study, space, measured)
             count = max(self.batch, int(STEP_FRACTION * len(measured)))
             proposal = step.propose(space, measured, count, rng, taken)
             free = list(zip(proposal.configs, proposal.predicted, strict=True))
@@ -183,12 +194,19 @@ class PredictorGuidedSampler(BaseSampler):
         self._queue, self._queue_space = free, space.distributions
         return free
 
-    def _step(self, study: optuna.Study, measured: Measured) -> PredictiveStep:
+    def _step(
+        self, study: optuna.Study, space: DistributionSpace, measured: Measured
+    ) -> PredictiveStep:
         directions = ["max" if d == StudyDirection.MAXIMIZE else "min" for d in study.directions]
+        exact = {
+            f"objective:{i}": (lambda config, f=f: float(f(space.params(config))))
+            for i, f in self.exact.items()
+        }
         constraints = [k for k in measured[0][1] if k.startswith("constraint:")]
         return PredictiveStep(
             [f"objective:{i}" for i in range(len(directions))],
             directions,
+            exact=exact,
             constraints=[{"metric": k, "max": 0.0} for k in constraints],
             population=self.population,
             generations=self.generations,
