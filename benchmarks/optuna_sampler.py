@@ -22,8 +22,8 @@ on the synthetic problem), where its predictors are fitted on ``max_fit`` of the
     python benchmarks/optuna_sampler.py [--seeds 10] [--db .nas/nas.db] [--job ID] [--workers 2]
         [--val-samples 20000] [--device cpu]
 
-On one H100 host with 16 workers (``--device cuda --workers 16``) it takes about 20 minutes,
-the 3,000-subnet sample 2.5 of them. On 2 cores it takes hours: a subnet takes about 1.1 s to
+On one H100 host with 16 workers (``--device cuda --workers 16``) it takes about 14 minutes,
+the 3,000-subnet sample 2.3 of them. On 2 cores it takes hours: a subnet takes about 1.1 s to
 measure on 20,000 validation samples (0.4 s on the job's 4,000, ``--val-samples 0``), other
 methods' runs go to 300 trials and more, and our sampler costs about 1 s a trial on that
 space. The synthetic problem alone takes about 5 minutes.
