@@ -124,7 +124,8 @@ def test_exact_objectives_are_computed_for_every_proposal_not_learned() -> None:
     assert len(guided) >= 6
     for t in guided:  # a regressor fitted on a dozen trials would not hit every cost exactly
         assert t.system_attrs[PREDICTED_KEY]["objective:1"] == t.values[1] == cost(t.params)
-    assert t.system_attrs[PREDICTED_KEY]["objective:0"] != t.values[0]  # the other is learned
+    learned = [t.system_attrs[PREDICTED_KEY]["objective:0"] - t.values[0] for t in guided]
+    assert any(error != 0 for error in learned)  # the other objective is predicted
 
 
 def test_same_seed_same_trials_other_seed_other_trials() -> None:

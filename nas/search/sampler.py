@@ -69,9 +69,9 @@ class PredictorGuidedSampler(BaseSampler):
     works as in Optuna's own samplers; constraints set with ``trial.set_constraint`` are read
     the same way. ``search_space`` fixes the relative space from the first trial instead of
     inferring it from completed trials. ``exact`` maps objective indices to functions of a
-    trial's params that give that objective without running the trial (MACs or a parameter
-    count from the architecture): those objectives are computed for every candidate, not
-    learned, as the jobs' search computes MACs.
+    trial's params (those of the relative space) that give that objective without running the
+    trial (MACs or a parameter count from the architecture): those objectives are computed for
+    every candidate, not learned, as the jobs' search computes MACs.
     """
 
     def __init__(
