@@ -3,6 +3,7 @@ two worker processes, with constraints, with ask/tell, seeded, and on bad input.
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 from pathlib import Path
 
@@ -207,3 +208,43 @@ def test_features_order_numeric_choices_and_one_hot_the_others() -> None:
     config = space.config({"act": "tanh", "kernel": 5, "norm": False, "width": 16})
     assert config == {"act": 2, "kernel": 2, "norm": 1, "width": 1}
     np.testing.assert_allclose(space.features(config), [0, 0, 1, 0.5, 1, 1 / 7])
+
+
+def layered(trial: optuna.Trial) -> tuple[float, float]:
+    """A define-by-run space: a kernel size for each of the 1 to 3 layers used."""
+    depth = trial.suggest_int("depth", 1, 3)
+    kernels = [trial.suggest_categorical(f"kernel{i}", [3, 5, 7]) for i in range(depth)]
+    accuracy = 0.6 + 0.1 * depth + 0.02 * sum(k == 5 for k in kernels)
+    return accuracy, float(sum(kernels))
+
+
+def test_conditional_parameters_are_learned_with_the_condition_they_appear_under() -> None:
+    kernel = optuna.distributions.CategoricalDistribution([3, 5, 7])
+    distributions = {"depth": optuna.distributions.IntDistribution(1, 3)}
+    distributions |= {f"kernel{i}": kernel for i in range(3)}
+    trials = [
+        {"depth": 1, "kernel0": 3},
+        {"depth": 2, "kernel0": 5, "kernel1": 7},
+        {"depth": 3, "kernel0": 7, "kernel1": 3, "kernel2": 5},
+    ]
+    space = DistributionSpace.learned(distributions, trials)
+    assert space.optional == {"kernel1", "kernel2"}
+    assert space.conditions == {"kernel1": ("depth", {0}), "kernel2": ("depth", {0, 1})}
+    # an absent parameter takes its first value, whatever was asked: one network, one config
+    absent = {"depth": 0, "kernel0": 0, "kernel1": 0, "kernel2": 0}
+    assert space.decode([0, 0, 2, 1]) == space.config(trials[0]) == absent
+    # features: depth, kernel0, then presence and scaled value of kernel1 and kernel2
+    np.testing.assert_allclose(space.features(space.decode([1, 2, 2, 2])), [0.5, 1, 1, 1, 0, 0])
+
+    sampler = PredictorGuidedSampler(seed=7, **QUICK)
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+    study.optimize(layered, n_trials=20)
+    assert_complete_and_distinct(study, 20)
+    guided = [t for t in study.trials if PREDICTED_KEY in t.system_attrs]
+    deep = [t for t in guided if t.params["depth"] == 3]
+    assert len(guided) >= 8 and deep
+    for t in deep:  # the sampler chose every kernel, not only those all trials share
+        claimed = json.loads(t.system_attrs[PROPOSAL_KEY])
+        assert [[3, 5, 7][claimed[f"kernel{i}"]] for i in range(3)] == [
+            t.params[f"kernel{i}"] for i in range(3)
+        ]

@@ -12,7 +12,7 @@ other categorical choices, which have no order.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,6 +24,10 @@ from optuna.distributions import (
 )
 
 Config = dict[str, int]
+#: When an optional parameter is absent (define-by-run spaces: ``if depth > 1:
+#: trial.suggest_...``): the parameter it depends on and the value indices of that parameter
+#: with which it was absent in every trial.
+Condition = tuple[str, frozenset[int]]
 
 
 def grid(name: str, distribution: BaseDistribution) -> tuple[Any, ...]:
@@ -44,11 +48,59 @@ def grid(name: str, distribution: BaseDistribution) -> tuple[Any, ...]:
 
 
 class DistributionSpace:
-    """The grid of an Optuna search space, with what ``PredictiveStep`` needs of a space."""
+    """The grid of an Optuna search space, with what ``PredictiveStep`` needs of a space.
 
-    def __init__(self, distributions: Mapping[str, BaseDistribution]):
+    ``optional`` parameters may be missing from a trial (a define-by-run space); a missing one
+    takes its first value. Those with a ``Condition`` are absent where it says so: they take
+    their first value there whatever the vector holds (so configs that differ only in absent
+    parameters are one config), and their features are zero with a 0/1 presence feature.
+    """
+
+    def __init__(
+        self,
+        distributions: Mapping[str, BaseDistribution],
+        optional: Collection[str] = (),
+        conditions: Mapping[str, Condition] | None = None,
+    ):
         self.distributions = dict(sorted(distributions.items()))
         self.grids = {name: grid(name, d) for name, d in self.distributions.items()}
+        self.optional = frozenset(optional)
+        self.conditions = dict(conditions or {})
+
+    @classmethod
+    def learned(
+        cls, distributions: Mapping[str, BaseDistribution], trials: Sequence[Mapping[str, Any]]
+    ) -> DistributionSpace:
+        """The space with the optional parameters of ``trials`` (their params) and, for each,
+        a condition on a parameter every trial has: the first, by name, whose values in the
+        trials without the optional one never occur in the trials with it."""
+        plain = cls(distributions)
+        always = [n for n in plain.grids if all(n in params for params in trials)]
+        optional = [n for n in plain.grids if n not in always]
+        conditions = {}
+        for name in optional:
+            for parent in always:
+                indices = {
+                    with_it: {
+                        plain.index(parent, p[parent]) for p in trials if (name in p) == with_it
+                    }
+                    for with_it in (True, False)
+                }
+                if None not in indices[False] and not indices[True] & indices[False]:
+                    conditions[name] = (parent, frozenset(indices[False]))
+                    break
+        return cls(distributions, optional, conditions)
+
+    def present(self, config: Mapping[str, int], name: str) -> bool:
+        """Whether a config has ``name`` (by its condition; without one, it has)."""
+        if name not in self.conditions:
+            return True
+        parent, absent = self.conditions[name]
+        return config[parent] not in absent
+
+    def index(self, name: str, value: Any) -> int | None:
+        """The grid index of a parameter's value; ``None`` when it is off the grid."""
+        return _index(self.grids[name], self.distributions[name], value)
 
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
         return (
@@ -60,41 +112,51 @@ class DistributionSpace:
         return np.array([config[name] for name in self.grids], dtype=np.int64)
 
     def decode(self, vector: Sequence[int] | np.ndarray) -> Config:
-        return {name: int(i) for name, i in zip(self.grids, vector, strict=True)}
+        return self._canonical({name: int(i) for name, i in zip(self.grids, vector, strict=True)})
 
     def sample(self, rng: np.random.Generator) -> Config:
-        return {name: int(rng.integers(len(g))) for name, g in self.grids.items()}
+        return self._canonical({name: int(rng.integers(len(g))) for name, g in self.grids.items()})
 
     def features(self, config: Mapping[str, int]) -> np.ndarray:
         parts: list[float] = []
-        for name, distribution in self.distributions.items():
-            index, values = config[name], self.grids[name]
-            if isinstance(distribution, CategoricalDistribution) and _numbers(values):
-                parts.append(_scaled_number(values[index], values))
-            elif isinstance(distribution, CategoricalDistribution) and len(values) > 2:
-                parts += [float(index == i) for i in range(len(values))]
-            elif isinstance(distribution, CategoricalDistribution):
-                parts.append(float(index))
-            else:
-                parts.append(_scaled(values[index], distribution))
+        for name in self.distributions:
+            values = self._value_features(name, config[name])
+            if name in self.conditions:
+                present = float(self.present(config, name))
+                values = [present, *(present * v for v in values)]
+            parts += values
         return np.array(parts, dtype=np.float64)
+
+    def _value_features(self, name: str, index: int) -> list[float]:
+        distribution, values = self.distributions[name], self.grids[name]
+        if isinstance(distribution, CategoricalDistribution) and _numbers(values):
+            return [_scaled_number(values[index], values)]
+        if isinstance(distribution, CategoricalDistribution) and len(values) > 2:
+            return [float(index == i) for i in range(len(values))]
+        if isinstance(distribution, CategoricalDistribution):
+            return [float(index)]
+        return [_scaled(values[index], distribution)]
+
+    def _canonical(self, config: Config) -> Config:
+        return {name: i if self.present(config, name) else 0 for name, i in config.items()}
 
     def params(self, config: Mapping[str, int]) -> dict[str, Any]:
         """The values a trial takes for ``config``."""
         return {name: self.grids[name][config[name]] for name in self.grids}
 
     def config(self, params: Mapping[str, Any]) -> Config | None:
-        """The config of a trial's ``params``; ``None`` when a parameter is missing or off the
-        grid (a trial from before the space changed)."""
+        """The config of a trial's ``params``; ``None`` when a parameter that is not optional
+        is missing, or one is off the grid (a trial from before the space changed)."""
         config = {}
-        for name, distribution in self.distributions.items():
-            if name not in params:
-                return None
-            index = _index(self.grids[name], distribution, params[name])
+        for name in self.distributions:
+            if name not in params and name in self.optional:
+                config[name] = 0
+                continue
+            index = self.index(name, params[name]) if name in params else None
             if index is None:
                 return None
             config[name] = index
-        return config
+        return self._canonical(config)
 
 
 def _numbers(values: tuple[Any, ...]) -> bool:

@@ -1,10 +1,12 @@
 """``PredictorGuidedSampler``: the jobs' predictor-guided NSGA-II as an Optuna sampler.
 
 Optuna calls ``infer_relative_search_space`` and ``sample_relative`` when a trial starts, and
-``sample_independent`` for any parameter outside that space (the first trials, before the
-space is known, and parameters that appear only in some trials). The relative space is the
-study's fixed space (the distributions every completed trial shares, or the ``search_space``
-given), mapped onto a grid by ``DistributionSpace``.
+``sample_independent`` for any parameter outside that space (the first trial, before any
+space is known, and a parameter no completed trial has yet). The relative space is every
+parameter of the completed trials (or the ``search_space`` given), mapped onto a grid by
+``DistributionSpace``; a parameter that only some trials have (``if depth > 1:
+trial.suggest_...``) is optional there, with the condition it appears under learned from the
+trials, so that proposals choose it too and predictors see where it is absent.
 
 For the first ``n_startup_trials`` the sampler proposes a size-spread design (``_startup``).
 After that, each step fits predictors on the completed trials (their values, and their
@@ -31,7 +33,6 @@ import optuna
 from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler, RandomSampler
 from optuna.samplers._base import _process_constraints_after_trial
-from optuna.search_space import IntersectionSearchSpace
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
@@ -104,10 +105,9 @@ class PredictorGuidedSampler(BaseSampler):
         self.exact = dict(exact or {})
         self.space = DistributionSpace(search_space) if search_space is not None else None
         self.seed = int(np.random.SeedSequence(seed).generate_state(1)[0])
-        self._intersection = IntersectionSearchSpace()
         self._lock = threading.Lock()
         self._queue: list[tuple[Config, dict[str, float]]] = []
-        self._queue_space: dict[str, BaseDistribution] = {}  # the space the queue is a grid of
+        self._queue_space: tuple = ()  # the space the queue is a grid of
         self._step_at = 0  # finished trials the last step was fitted on
         self._step_size = 0
 
@@ -123,7 +123,10 @@ class PredictorGuidedSampler(BaseSampler):
             )
         if self.space is not None:
             return self.space.distributions
-        space = {n: d for n, d in self._intersection.calculate(study).items() if not d.single()}
+        union: dict[str, BaseDistribution] = {}
+        for completed in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            union |= completed.distributions  # the newest trial's distribution wins
+        space = {n: d for n, d in union.items() if not d.single()}
         for name, distribution in space.items():
             grid(name, distribution)  # a clear error for a parameter it cannot search
         return space
@@ -133,7 +136,8 @@ class PredictorGuidedSampler(BaseSampler):
     ) -> dict[str, Any]:
         if not search_space:
             return {}
-        space = DistributionSpace(search_space)
+        completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        space = DistributionSpace.learned(search_space, [t.params for t in completed])
         rng = np.random.default_rng([self.seed, trial.number])
         measured = _measured(study, space)
         with self._lock:
@@ -183,7 +187,7 @@ class PredictorGuidedSampler(BaseSampler):
     def _preferred(self, study, trial, space, measured, rng) -> list[tuple[Config, dict]]:
         """The current step's proposals, after a new step if enough trials have finished."""
         taken = _claimed(study, trial, space)
-        queue = self._queue if self._queue_space == space.distributions else []
+        queue = self._queue if self._queue_space == _signature(space) else []
         free = [(c, p) for c, p in queue if config_key(c) not in taken]
         if not free or len(measured) - self._step_at >= self._step_size:
             step = self._step(study, space, measured)
@@ -191,7 +195,7 @@ class PredictorGuidedSampler(BaseSampler):
             proposal = step.propose(space, measured, count, rng, taken)
             free = list(zip(proposal.configs, proposal.predicted, strict=True))
             self._step_at, self._step_size = len(measured), count
-        self._queue, self._queue_space = free, space.distributions
+        self._queue, self._queue_space = free, _signature(space)
         return free
 
     def _step(
@@ -231,6 +235,11 @@ class PredictorGuidedSampler(BaseSampler):
             if key not in _claimed(study, trial, space):
                 break
         return config, predicted
+
+
+def _signature(space: DistributionSpace) -> tuple:
+    """What makes two spaces' configs interchangeable."""
+    return space.distributions, space.optional, space.conditions
 
 
 def _random_free(space: DistributionSpace, taken: set[str], rng) -> Iterator[Config]:
