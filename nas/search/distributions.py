@@ -91,6 +91,13 @@ class DistributionSpace:
                     break
         return cls(distributions, optional, conditions)
 
+    def __eq__(self, other: object) -> bool:
+        """Equal spaces have the same configs (so a queue of proposals stays valid)."""
+        return isinstance(other, DistributionSpace) and (
+            (self.distributions, self.optional, self.conditions)
+            == (other.distributions, other.optional, other.conditions)
+        )
+
     def present(self, config: Mapping[str, int], name: str) -> bool:
         """Whether a config has ``name`` (by its condition; without one, it has)."""
         if name not in self.conditions:
@@ -149,13 +156,14 @@ class DistributionSpace:
         is missing, or one is off the grid (a trial from before the space changed)."""
         config = {}
         for name in self.distributions:
-            if name not in params and name in self.optional:
+            if name not in params:
+                if name not in self.optional:
+                    return None
                 config[name] = 0
-                continue
-            index = self.index(name, params[name]) if name in params else None
-            if index is None:
+            elif (index := self.index(name, params[name])) is not None:
+                config[name] = index
+            else:
                 return None
-            config[name] = index
         return self._canonical(config)
 
 

@@ -107,7 +107,7 @@ class PredictorGuidedSampler(BaseSampler):
         self.seed = int(np.random.SeedSequence(seed).generate_state(1)[0])
         self._lock = threading.Lock()
         self._queue: list[tuple[Config, dict[str, float]]] = []
-        self._queue_space: tuple = ()  # the space the queue is a grid of
+        self._queue_space: DistributionSpace | None = None  # the space the queue is a grid of
         self._step_at = 0  # finished trials the last step was fitted on
         self._step_size = 0
 
@@ -139,7 +139,7 @@ class PredictorGuidedSampler(BaseSampler):
         completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         space = DistributionSpace.learned(search_space, [t.params for t in completed])
         rng = np.random.default_rng([self.seed, trial.number])
-        measured = _measured(study, space)
+        measured = _measured(completed, space)
         with self._lock:
             if len(measured) < self.n_startup_trials:
                 preferred = self._startup(space)
@@ -187,7 +187,7 @@ class PredictorGuidedSampler(BaseSampler):
     def _preferred(self, study, trial, space, measured, rng) -> list[tuple[Config, dict]]:
         """The current step's proposals, after a new step if enough trials have finished."""
         taken = _claimed(study, trial, space)
-        queue = self._queue if self._queue_space == _signature(space) else []
+        queue = self._queue if self._queue_space == space else []
         free = [(c, p) for c, p in queue if config_key(c) not in taken]
         if not free or len(measured) - self._step_at >= self._step_size:
             step = self._step(study, space, measured)
@@ -195,7 +195,7 @@ class PredictorGuidedSampler(BaseSampler):
             proposal = step.propose(space, measured, count, rng, taken)
             free = list(zip(proposal.configs, proposal.predicted, strict=True))
             self._step_at, self._step_size = len(measured), count
-        self._queue, self._queue_space = free, _signature(space)
+        self._queue, self._queue_space = free, space
         return free
 
     def _step(
@@ -237,11 +237,6 @@ class PredictorGuidedSampler(BaseSampler):
         return config, predicted
 
 
-def _signature(space: DistributionSpace) -> tuple:
-    """What makes two spaces' configs interchangeable."""
-    return space.distributions, space.optional, space.conditions
-
-
 def _random_free(space: DistributionSpace, taken: set[str], rng) -> Iterator[Config]:
     """Random configs not in ``taken``; any random config once the space seems used up."""
     for _ in range(1000):
@@ -265,11 +260,11 @@ def _claimed(study: optuna.Study, trial: FrozenTrial, space: DistributionSpace) 
     return keys
 
 
-def _measured(study: optuna.Study, space: DistributionSpace) -> Measured:
+def _measured(completed: Sequence[FrozenTrial], space: DistributionSpace) -> Measured:
     """Completed trials in the space as ``(config, metrics)``: ``objective:i`` values and
     ``constraint:KEY`` values; constrained studies keep only trials with every constraint."""
     points = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+    for t in completed:
         config = space.config(t.params)
         if config is not None and t.values is not None:
             metrics = {f"objective:{i}": float(v) for i, v in enumerate(t.values)}
