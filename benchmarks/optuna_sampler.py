@@ -25,8 +25,9 @@ on the synthetic problem), where its predictors are fitted on ``max_fit`` of the
 On one H100 host with 16 workers (``--device cuda --workers 16``) it takes about 14 minutes,
 the 3,000-subnet sample 2.3 of them. On 2 cores it takes hours: a subnet takes about 1.1 s to
 measure on 20,000 validation samples (0.4 s on the job's 4,000, ``--val-samples 0``), other
-methods' runs go to 300 trials and more, and our sampler costs 1 to 2 s a trial on that
-space (a step per trial, on two cores). The synthetic problem alone takes about 5 minutes.
+methods' runs go to 300 trials and more, and our sampler costs about 1 s a trial on that
+space (about 3 s with a step per trial, ``batch=1``). The synthetic problem alone takes
+about 5 minutes.
 
 Every finished run and sample chunk is kept in ``--log``
 (``.nas/benchmark-runs/optuna_sampler.jsonl``): run the same command again after a cut (a time
