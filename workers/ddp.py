@@ -11,10 +11,7 @@ values, which the driver then reads from it.
 When a worker dies, Ray Train (``FailureConfig(max_failures=...)``) restarts the whole group,
 which reloads the same checkpoint and trains the epoch again from its start; an epoch the
 checkpoint already holds comes back without training. So the controller receives each epoch
-once, and a killed worker costs one epoch's work at most. A worker lost while the group is
-still starting is sometimes not one of Ray Train's restarts: its controller fails instead
-(``ControllerError``, seen when the worker died while the group waited on it), and the epoch
-is then run again as a new run, within the same allowance.
+once, and a killed worker costs one epoch's work at most.
 
 Why not one long ``fit()`` streaming epoch results to the controller through an actor: the
 controller would have to stop and resume the group on the stopping rule's word, tell a retried
@@ -32,20 +29,13 @@ Ray Train writes its run state under ``storage``, a local directory beside the c
 from __future__ import annotations
 
 import shutil
-import traceback
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
 import ray.train.torch
-from ray.train import (
-    ControllerError,
-    FailureConfig,
-    RunConfig,
-    ScalingConfig,
-    TrainingFailedError,
-)
+from ray.train import FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from workers.trainer import SupernetTrainer, stored_curve
@@ -87,10 +77,6 @@ def fit(trainer: TorchTrainer) -> None:
     try:
         trainer.fit()
     except TrainingFailedError as error:
-        # The traceback's frames hold Ray Train's controller actor, whose placement group
-        # reserves the workers' CPUs: kept alive by a caller that keeps the error, it would
-        # starve every later job on the cluster. Cleared, the actor and its reservation go.
-        traceback.clear_frames(error.__traceback__)
         # Ray's message ends with the worker's exception line, after its traceback
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
         cause = lines[-1] if lines else type(error).__name__
@@ -143,28 +129,21 @@ class DataParallelTrainer:
         """``SupernetTrainer.run_epoch(epoch)`` on the workers: idempotent, as there.
 
         Ray Train's run directory is new for every call (a retried epoch is a new run, not a
-        resumed one: the checkpoint file is the only state) and removed afterwards. A run
-        whose Ray Train controller failed (a worker lost while the group started) is run
-        again, up to ``max_failures`` times.
+        resumed one: the checkpoint file is the only state) and removed afterwards.
         """
         storage = Path(self.config["checkpoint_dir"]) / "ray-train"
-        for attempt in range(self.max_failures + 1):
-            name = f"epoch-{epoch}-{uuid4().hex[:8]}"
-            trainer = torch_trainer(
-                train_epoch,
-                {**self.config, "epoch": epoch},
-                self.workers,
-                self.resources,
-                storage,
-                name,
-                self.max_failures,
-            )
-            try:
-                fit(trainer)
-                break
-            except DataParallelError as error:
-                if not isinstance(error.__cause__, ControllerError) or attempt == self.max_failures:
-                    raise
-            finally:
-                shutil.rmtree(storage / name, ignore_errors=True)
+        name = f"epoch-{epoch}-{uuid4().hex[:8]}"
+        trainer = torch_trainer(
+            train_epoch,
+            {**self.config, "epoch": epoch},
+            self.workers,
+            self.resources,
+            storage,
+            name,
+            self.max_failures,
+        )
+        try:
+            fit(trainer)
+        finally:
+            shutil.rmtree(storage / name, ignore_errors=True)
         return stored_curve(self.config["checkpoint_dir"])[epoch - 1]
