@@ -8,10 +8,17 @@ its share of each global batch (``workers.trainer`` says how the shares add up t
 update), and worker 0 validates and writes the checkpoint atomically, with the epoch's curve
 values, which the driver then reads from it.
 
-When a worker dies, Ray Train (``FailureConfig(max_failures=...)``) restarts the whole group,
-which reloads the same checkpoint and trains the epoch again from its start; an epoch the
+When a worker dies, ``run_epoch`` runs the epoch again (up to ``max_failures`` times) in a new
+worker group, which reloads the same checkpoint and trains the epoch from its start; an epoch the
 checkpoint already holds comes back without training. So the controller receives each epoch
-once, and a killed worker costs one epoch's work at most.
+once, and a killed worker costs one epoch's work at most. The retries are ours, not Ray Train's
+(``FailureConfig`` allows it none): Ray Train 2.60 does not shut down a group whose worker dies
+in the last moments of its start (after the group's state is built), so the group's placement
+group keeps its CPUs as long as Ray Train's controller lives, and the controller's own retry
+(unlimited by default) then waits for those CPUs forever. Without Ray Train's retries the
+controller ends, and ``run_epoch`` removes any group still left (``remove_leftover_groups``)
+before it tries again. A group that cannot get its resources within Ray Train's start timeout
+is not a failure: the epoch waits on, as a one-worker actor waits for its CPUs.
 
 Why not one long ``fit()`` streaming epoch results to the controller through an actor: the
 controller would have to stop and resume the group on the stopping rule's word, tell a retried
@@ -28,21 +35,32 @@ Ray Train writes its run state under ``storage``, a local directory beside the c
 
 from __future__ import annotations
 
+import logging
 import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
+import ray
 import ray.train.torch
 from ray.train import FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
 from ray.train.torch import TorchConfig, TorchTrainer
+from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
+from ray.train.v2.api.exceptions import ControllerError
+from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
 
 from workers.trainer import SupernetTrainer, stored_curve
 
+logger = logging.getLogger(__name__)
+
 
 class DataParallelError(RuntimeError):
-    """Data-parallel training failed, also after every restart Ray Train was allowed."""
+    """Data-parallel training failed."""
+
+    def __init__(self, message: str, waited_for_resources: bool = False):
+        super().__init__(message)
+        self.waited_for_resources = waited_for_resources
 
 
 def torch_trainer(
@@ -52,10 +70,10 @@ def torch_trainer(
     resources: Mapping[str, float],
     storage: str | Path,
     name: str,
-    max_failures: int = 0,
 ) -> TorchTrainer:
-    """A ``TorchTrainer`` running ``loop(config)`` on ``workers`` workers with ``resources``
-    each (``{"CPU": 2, "GPU": 1, ...}``): gloo on CPUs, NCCL on GPUs."""
+    """A ``TorchTrainer`` running ``loop(config)`` once on ``workers`` workers with
+    ``resources`` each (``{"CPU": 2, "GPU": 1, ...}``): gloo on CPUs, NCCL on GPUs. Ray Train
+    retries nothing; a failure ends ``fit`` (see the module's docstring)."""
     use_gpu = resources.get("GPU", 0) > 0
     return TorchTrainer(
         loop,
@@ -67,20 +85,43 @@ def torch_trainer(
         run_config=RunConfig(
             name=name,
             storage_path=str(Path(storage).resolve()),
-            failure_config=FailureConfig(max_failures=max_failures),
+            failure_config=FailureConfig(max_failures=0, controller_failure_limit=0),
         ),
     )
 
 
 def fit(trainer: TorchTrainer) -> None:
-    """Run ``trainer``; a failure (after every restart allowed) is one line."""
+    """Run ``trainer``; a failure is one line."""
     try:
         trainer.fit()
     except TrainingFailedError as error:
         # Ray's message ends with the worker's exception line, after its traceback
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
         cause = lines[-1] if lines else type(error).__name__
-        raise DataParallelError(f"data-parallel training failed: {cause}") from error
+        waited = isinstance(error, ControllerError) and isinstance(
+            error.controller_failure, WorkerGroupStartupTimeoutError
+        )
+        raise DataParallelError(f"data-parallel training failed: {cause}", waited) from error
+
+
+def remove_leftover_groups(before: set[str], workers: int, resources: Mapping[str, float]) -> int:
+    """Remove the placement groups created since ``before`` (the ids ``placement_group_table``
+    held then) that still hold ``workers`` bundles of ``resources``; how many.
+
+    Called after a failed ``fit`` of this process, whose worker group Ray Train may have left
+    holding its resources. A group another process created in the same moments with the same
+    shape would go too (its workers die, and its ``run_epoch`` retries the epoch); on the
+    controller's one-job-per-process clusters that is the only false match possible.
+    """
+    removed = 0
+    for group_id, group in placement_group_table().items():
+        bundles = list(group["bundles"].values())
+        if group_id in before or group["state"] == "REMOVED" or len(bundles) != workers:
+            continue
+        if all(bundle.get(k, 0) == v for bundle in bundles for k, v in resources.items()):
+            remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(group_id)))
+            removed += 1
+    return removed
 
 
 def train_epoch(config: dict[str, Any]) -> None:
@@ -128,22 +169,39 @@ class DataParallelTrainer:
     def run_epoch(self, epoch: int) -> dict[str, float]:
         """``SupernetTrainer.run_epoch(epoch)`` on the workers: idempotent, as there.
 
-        Ray Train's run directory is new for every call (a retried epoch is a new run, not a
-        resumed one: the checkpoint file is the only state) and removed afterwards.
+        A failed attempt is tried again, ``max_failures`` times at most; an attempt that
+        waited for resources in vain does not count.
         """
+        failures = 0
+        while True:
+            before = set(placement_group_table())
+            try:
+                self._fit_epoch(epoch)
+                return stored_curve(self.config["checkpoint_dir"])[epoch - 1]
+            except DataParallelError as error:
+                leftover = remove_leftover_groups(before, self.workers, self.resources)
+                failures += not error.waited_for_resources
+                if failures > self.max_failures:
+                    raise
+                logger.warning(
+                    "epoch %d: %s; trying again (%d of %d failures allowed, %d leftover worker "
+                    "groups removed)",
+                    epoch,
+                    error,
+                    failures,
+                    self.max_failures,
+                    leftover,
+                )
+
+    def _fit_epoch(self, epoch: int) -> None:
+        """One attempt at ``epoch``. Ray Train's run directory is new for every attempt (a
+        retried epoch is a new run, not a resumed one: the checkpoint file is the only state)
+        and removed afterwards."""
         storage = Path(self.config["checkpoint_dir"]) / "ray-train"
         name = f"epoch-{epoch}-{uuid4().hex[:8]}"
-        trainer = torch_trainer(
-            train_epoch,
-            {**self.config, "epoch": epoch},
-            self.workers,
-            self.resources,
-            storage,
-            name,
-            self.max_failures,
-        )
+        config = {**self.config, "epoch": epoch}
+        trainer = torch_trainer(train_epoch, config, self.workers, self.resources, storage, name)
         try:
             fit(trainer)
         finally:
             shutil.rmtree(storage / name, ignore_errors=True)
-        return stored_curve(self.config["checkpoint_dir"])[epoch - 1]
