@@ -170,7 +170,7 @@ class Controller:
         training = self.spec.training
         checkpoint_dir = str(self.artifacts / f"run-{run.id}")
         checkpoint = str(Path(checkpoint_dir) / CHECKPOINT_NAME)
-        run_epoch, close = self._trainer(run, checkpoint_dir)
+        run_epoch, close = self._trainer(run, checkpoint_dir, name)
         try:
             # from the database's count, not the checkpoint's: an epoch checkpointed by a
             # controller that died before storing it comes back from the checkpoint
@@ -193,22 +193,27 @@ class Controller:
         self.store.update_training_run(run.id, status="done", checkpoint_path=checkpoint)
 
     def _trainer(
-        self, run: TrainingRunRecord, checkpoint_dir: str
+        self, run: TrainingRunRecord, checkpoint_dir: str, name: str
     ) -> tuple[Callable[[int], dict[str, float]], Callable[[], None]]:
         """``run_epoch(epoch)`` of the run's trainer, and how to release it.
 
         One worker trains in a Ray actor; several train data-parallel on Ray Train
         (``workers.ddp``, imported only then). Either way a trainer process that dies is
         restarted from the checkpoint and the pending epoch trained again (``run_epoch`` is
-        idempotent); only repeated deaths fail the job.
+        idempotent); only repeated deaths fail the job. A data-parallel epoch tried again, or
+        waiting for its workers' resources, shows in the job's status (``name`` is the run's).
         """
         training = self.spec.training
         args = (self.space_data, self.spec.dataset_kwargs(), run.hparams, checkpoint_dir)
         if training.workers > 1:
             from workers.ddp import DataParallelError, DataParallelTrainer
 
+            def on_retry(epoch: int, why: str) -> None:
+                detail = f"{name}, epoch {epoch}/{training.epochs}: {why}"
+                self._progress("train", epoch - 1, training.epochs, detail)
+
             trainer = DataParallelTrainer(
-                *args, training.workers, training.worker_resources(), WORKER_RETRIES
+                *args, training.workers, training.worker_resources(), WORKER_RETRIES, on_retry
             )
 
             def run_epoch(epoch: int) -> dict[str, float]:

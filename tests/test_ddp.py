@@ -161,7 +161,10 @@ def test_a_killed_worker_resumes_from_the_checkpoint_and_each_epoch_is_stored_on
     db = f"sqlite:///{tmp_path / 'nas.db'}"
     with Store(db) as store:
         job = store.create_job("ddp", parsed.model_dump(mode="json"))
-        controller = Controller(store, job.id, tmp_path / "artifacts")
+        details: list[str] = []
+        controller = Controller(
+            store, job.id, tmp_path / "artifacts", lambda *progress: details.append(progress[-1])
+        )
         errors: list[BaseException] = []
 
         def train() -> None:
@@ -197,6 +200,10 @@ def test_a_killed_worker_resumes_from_the_checkpoint_and_each_epoch_is_stored_on
         curve = store.curve(run.id)
         decisions = store.stop_decisions(job.id)
     assert run.status == "done" and run.epochs_done == epochs
+    # the job's status said so: epoch 2 tried again, after its first failure
+    retries = [d for d in details if "trying again" in d]
+    assert retries and all(d.startswith("run 1/1, epoch 2/2: ") for d in retries), details
+    assert "(1 of 3 failures allowed" in retries[0]
     names = ("train_loss", "val_acc/largest", "val_acc/smallest")
     assert sorted((p.epoch, p.name) for p in curve) == sorted(
         (e, n) for e in range(1, epochs + 1) for n in names

@@ -138,6 +138,11 @@ def train_epoch(config: dict[str, Any]) -> None:
     trainer.run_epoch(config["epoch"])
 
 
+def log_retry(epoch: int, why: str) -> None:
+    """``DataParallelTrainer``'s default report of a retried epoch."""
+    logger.warning("epoch %d: %s", epoch, why)
+
+
 class DataParallelTrainer:
     """``SupernetTrainer``'s ``run_epoch`` on ``workers`` Ray Train workers; the driver side.
 
@@ -154,6 +159,7 @@ class DataParallelTrainer:
         workers: int,
         resources: Mapping[str, float],
         max_failures: int = 0,
+        on_retry: Callable[[int, str], None] | None = None,
     ):
         self.config = {
             "space": dict(space),
@@ -165,12 +171,14 @@ class DataParallelTrainer:
         self.workers = workers
         self.resources = dict(resources)
         self.max_failures = max_failures
+        self.on_retry = on_retry or log_retry
 
     def run_epoch(self, epoch: int) -> dict[str, float]:
         """``SupernetTrainer.run_epoch(epoch)`` on the workers: idempotent, as there.
 
         A failed attempt is tried again, ``max_failures`` times at most; an attempt that
-        waited for resources in vain does not count.
+        waited for resources in vain does not count. Each retry is reported to
+        ``on_retry(epoch, why)`` (by default, logged).
         """
         failures = 0
         while True:
@@ -183,15 +191,8 @@ class DataParallelTrainer:
                 failures += not error.waited_for_resources
                 if failures > self.max_failures:
                     raise
-                logger.warning(
-                    "epoch %d: %s; trying again (%d of %d failures allowed, %d leftover worker "
-                    "groups removed)",
-                    epoch,
-                    error,
-                    failures,
-                    self.max_failures,
-                    leftover,
-                )
+                why = f"{error}; trying again ({failures} of {self.max_failures} failures allowed"
+                self.on_retry(epoch, f"{why}, {leftover} leftover worker groups removed)")
 
     def _fit_epoch(self, epoch: int) -> None:
         """One attempt at ``epoch``. Ray Train's run directory is new for every attempt (a
