@@ -1,7 +1,8 @@
 """Data-parallel supernet training on Ray Train: two gloo workers make one worker's updates,
-and a run that loses a worker mid-epoch resumes from its checkpoint with each epoch stored once.
+and a run that loses a worker mid-epoch resumes from its checkpoint with each epoch stored once;
+an epoch waits for CPUs held elsewhere, and a failed attempt leaves no worker group behind.
 
-Both tests share the session's local Ray instance (two CPUs: two workers of one CPU each).
+The tests share the session's local Ray instance (two CPUs: two workers of one CPU each).
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from nas.store import Store
 from search_spaces import get_space, space_type
 from tests.conftest import tiny_spec
 from workers.datasets import load_dataset
-from workers.ddp import fit, remove_leftover_groups, torch_trainer
-from workers.trainer import SupernetTrainer
+from workers.ddp import DataParallelTrainer, fit, remove_leftover_groups, torch_trainer
+from workers.trainer import SupernetTrainer, stored_curve
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -116,6 +117,36 @@ def training_workers(cpu_s: float) -> list[int]:
                 if p.cpu_times().user > cpu_s:
                     found.append(p.pid)
     return found
+
+
+def test_an_epoch_waits_for_its_workers_cpus_and_waiting_is_no_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another holder keeps both CPUs past Ray Train's start timeout: the attempt is reported
+    and tried again without counting as a failure (none are allowed here), and once the CPUs
+    are free the epoch trains; the holder's group, older than the attempt, is not touched."""
+    monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "2")
+    holder = ray.util.placement_group([{"CPU": 1}] * 2)
+    ray.get(holder.ready(), timeout=60)
+    retries: list[tuple[int, str]] = []
+
+    def on_retry(epoch: int, why: str) -> None:
+        retries.append((epoch, why))
+        assert ray.util.placement_group_table(holder)["state"] == "CREATED"
+        ray.util.remove_placement_group(holder)  # the holder lets go
+
+    checkpoint_dir = str(tmp_path / "run")
+    trainer = DataParallelTrainer(
+        space_data(), DATASETS["cnn1d"], TRAINING, checkpoint_dir, 2, {"CPU": 1}, 0, on_retry
+    )
+    try:
+        values = trainer.run_epoch(1)
+    finally:
+        if ray.util.placement_group_table(holder)["state"] != "REMOVED":
+            ray.util.remove_placement_group(holder)
+    assert [epoch for epoch, _ in retries] == [1]
+    assert "timed out" in retries[0][1] and "(0 of 0 failures allowed" in retries[0][1]
+    assert values == stored_curve(checkpoint_dir)[0] and len(stored_curve(checkpoint_dir)) == 1
 
 
 def test_only_the_failed_attempts_leftover_groups_are_removed() -> None:
