@@ -191,8 +191,11 @@ class DataParallelTrainer:
                 failures += not error.waited_for_resources
                 if failures > self.max_failures:
                     raise
-                why = f"{error}; trying again ({failures} of {self.max_failures} failures allowed"
-                self.on_retry(epoch, f"{why}, {leftover} leftover worker groups removed)")
+                self.on_retry(
+                    epoch,
+                    f"{error}; trying again ({failures} of {self.max_failures} failures allowed, "
+                    f"{leftover} leftover worker groups removed)",
+                )
 
     def _fit_epoch(self, epoch: int) -> None:
         """One attempt at ``epoch``. Ray Train's run directory is new for every attempt (a
