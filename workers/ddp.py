@@ -159,7 +159,7 @@ class DataParallelTrainer:
         workers: int,
         resources: Mapping[str, float],
         max_failures: int = 0,
-        on_retry: Callable[[int, str], None] | None = None,
+        on_retry: Callable[[int, str], None] = log_retry,
     ):
         self.config = {
             "space": dict(space),
@@ -171,7 +171,7 @@ class DataParallelTrainer:
         self.workers = workers
         self.resources = dict(resources)
         self.max_failures = max_failures
-        self.on_retry = on_retry or log_retry
+        self.on_retry = on_retry
 
     def run_epoch(self, epoch: int) -> dict[str, float]:
         """``SupernetTrainer.run_epoch(epoch)`` on the workers: idempotent, as there.
