@@ -56,6 +56,7 @@ from run_log import RUN_LOGS, RunLog
 
 from nas.pareto import non_dominated
 from nas.search import PredictorGuidedSampler, hypervolume, size_spread_sample
+from search_spaces import Config, SearchSpace
 
 RESULTS = Path(__file__).parent / "results"
 DIRECTIONS = ["max", "min"]
@@ -157,7 +158,7 @@ def cnn1d_problem(source: Source):
     return source, space, objective, evaluate
 
 
-def known_front_sample(space, uniform: int, spread: int) -> list:
+def known_front_sample(space: SearchSpace, uniform: int, spread: int) -> list[Config]:
     """The configs whose measured front stands for the known one: ``uniform`` drawn uniformly
     (as many runs start) and ``spread`` size-spread draws (``size_spread_sample``), which reach
     the small and large subnets at the front's two ends that uniform draws, bunched around
@@ -322,6 +323,8 @@ def main() -> None:
     )
     add_source_arguments(parser)
     args = parser.parse_args()
+    if args.sample < 1:  # the known front's box is the uniform sample's
+        parser.error(f"--sample must be at least 1, got {args.sample}")
     warnings.simplefilter("ignore")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     started = time.perf_counter()
