@@ -24,12 +24,12 @@ import argparse
 import json
 import time
 from collections.abc import Callable
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 from common import Source, add_source_arguments, one_thread
 from rich.progress import track
+from run_log import worker_pool
 
 from nas.predictors.surrogate import CANDIDATES, SubnetPredictor
 from nas.search import size_spread_sample
@@ -103,7 +103,7 @@ def main() -> None:
     started = time.perf_counter()
     subnets = {d: draw_subnets(space, d, sizes[-1] + args.test, args.seed) for d in DRAWS}
     chunks = [(source, c[i : i + 25]) for c in subnets.values() for i in range(0, len(c), 25)]
-    with get_context("spawn").Pool(args.workers, initializer=one_thread) as pool:
+    with worker_pool(args.workers, one_thread) as pool:
         measured = list(track(pool.imap(measure, chunks), "measuring subnets", len(chunks)))
     accuracies = iter(a for chunk in measured for a in chunk)
     measuring_s = time.perf_counter() - started

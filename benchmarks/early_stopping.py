@@ -42,12 +42,11 @@ import random
 import sys
 import time
 from dataclasses import asdict, replace
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from run_log import RUN_LOGS, RunLog
+from run_log import RUN_LOGS, RunLog, worker_pool
 from scipy.stats import spearmanr
 
 from nas.predictors.curves import LearningCurvePredictor
@@ -540,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     log = RunLog(args.log, setup)
     print(f"replaying {len(tasks)} methods and settings in {args.jobs} processes", flush=True)
-    with get_context("spawn").Pool(args.jobs) as pool:
+    with worker_pool(args.jobs) as pool:
         ranking_futures = {
             path: pool.apply_async(early_ranking, (load_curves(path, args.metric), args.seed))
             for path in args.files

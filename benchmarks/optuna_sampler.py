@@ -46,13 +46,12 @@ import json
 import time
 import warnings
 from collections.abc import Callable
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 import optuna
 from common import Source, add_source_arguments, one_thread
-from run_log import RUN_LOGS, RunLog
+from run_log import RUN_LOGS, RunLog, worker_pool
 
 from nas.pareto import non_dominated
 from nas.search import PredictorGuidedSampler, hypervolume, size_spread_sample
@@ -350,7 +349,7 @@ def main() -> None:
     tasks = [
         ("synthetic", m, s, args.budget, None, truth) for s in range(args.seeds) for m in SAMPLERS
     ]
-    with get_context("spawn").Pool(args.workers, initializer=one_thread) as pool:
+    with worker_pool(args.workers, one_thread) as pool:
         if "job" in cnn1d:
             configs = known_front_sample(space, args.sample, args.spread_sample)
             chunks = {

@@ -1,12 +1,17 @@
 """Run logs: the results of a benchmark's finished tasks, kept so that a benchmark cut short
-(a time limit, a lost machine) runs again only what it had not finished. Apart from the
+(a time limit, a lost machine) runs again only what it had not finished; and the worker pool
+that runs those tasks and stops with the benchmark when it is cut. Apart from the
 measuring helpers in ``common`` so that a benchmark with nothing to measure (replays of
 learning curves) does not load the supernet stack to keep one."""
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable, Mapping
+import signal
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from multiprocessing import get_context
 from multiprocessing.pool import Pool
 from pathlib import Path
 from typing import Any
@@ -15,6 +20,20 @@ from rich.progress import track
 
 #: Where a benchmark keeps the results of its finished tasks, to resume after a cut (``RunLog``).
 RUN_LOGS = Path(".nas") / "benchmark-runs"
+
+
+@contextlib.contextmanager
+def worker_pool(processes: int, initializer: Callable[[], None] | None = None) -> Iterator[Pool]:
+    """A pool of ``processes`` fresh (spawned) worker processes that stops with the benchmark:
+    while it is open, SIGTERM (``kill``, ``timeout``, a machine's shutdown) ends the benchmark
+    as Ctrl-C does, so that the pool terminates its workers instead of leaving them running
+    without a parent."""
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        with get_context("spawn").Pool(processes, initializer=initializer) as pool:
+            yield pool
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class RunLog:

@@ -29,13 +29,12 @@ import json
 import time
 import warnings
 from collections.abc import Callable
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 import optuna
 from common import Evaluator, Source, add_source_arguments, one_thread
-from run_log import RUN_LOGS, RunLog
+from run_log import RUN_LOGS, RunLog, worker_pool
 
 from nas.search import hypervolume, run_nsga2, run_predictive_search, size_spread_design
 from search_spaces import Config, SearchSpace
@@ -240,7 +239,7 @@ def main() -> None:
     }
     log = RunLog(args.log, setup)
     started = time.perf_counter()
-    with get_context("spawn").Pool(args.workers, initializer=one_thread) as pool:
+    with worker_pool(args.workers, one_thread) as pool:
         long_run, *runs = log.run(pool, run_one, tasks, "runs")
     reference = reference_point(space, evaluate)
     everything = [p for _, _, points, _ in [long_run, *runs] for p in points]
