@@ -28,12 +28,20 @@ def worker_pool(processes: int, initializer: Callable[[], None] | None = None) -
     while it is open, SIGTERM (``kill``, ``timeout``, a machine's shutdown) ends the benchmark
     as Ctrl-C does, so that the pool terminates its workers instead of leaving them running
     without a parent."""
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    previous = signal.signal(signal.SIGTERM, _exit_once)
     try:
         with get_context("spawn").Pool(processes, initializer=initializer) as pool:
             yield pool
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_once(signum: int, frame: object) -> None:
+    """Exit on the first SIGTERM and ignore the next: ``timeout`` and ``kill -- -PGID`` signal
+    the benchmark's whole process group, so it may be told twice, and a second exit raised
+    while the pool is terminating would break off the termination."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.exit(128 + signum)
 
 
 class RunLog:
