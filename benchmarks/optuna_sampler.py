@@ -24,12 +24,12 @@ on the synthetic problem), where its predictors are fitted on ``max_fit`` of the
     python benchmarks/optuna_sampler.py [--seeds 10] [--db .nas/nas.db] [--job ID] [--workers 2]
         [--val-samples 20000] [--device cpu]
 
-On one H100 host with 16 workers (``--device cuda --workers 16``) it takes about 14 minutes,
-the 3,000-subnet sample 2.3 of them. On 2 cores it takes hours: a subnet takes about 1.1 s to
-measure on 20,000 validation samples (0.4 s on the job's 4,000, ``--val-samples 0``), other
-methods' runs go to 300 trials and more, and our sampler costs about 1 s a trial on that
-space (about 3 s with a step per trial, ``batch=1``). The synthetic problem alone takes
-about 5 minutes.
+On one H100 host with 16 workers (``--device cuda --workers 16``) it takes about 23 minutes
+(the 6,000-subnet sample and 31 of the 50 ``cnn1d`` runs took 16). On 2 cores it takes many
+hours: a subnet takes 1 to 2 s to measure on 20,000 validation samples (0.4 s on the job's
+4,000, ``--val-samples 0``), most of the other methods' runs go to the 600-trial budget, and
+our sampler costs about 1 s a trial on that space (about 3 s with a step per trial,
+``batch=1``). The synthetic problem alone takes about 5 minutes.
 
 Every finished run and sample chunk is kept in ``--log``
 (``.nas/benchmark-runs/optuna_sampler.jsonl``): run the same command again after a cut (a time
