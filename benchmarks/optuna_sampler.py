@@ -24,8 +24,8 @@ on the synthetic problem), where its predictors are fitted on ``max_fit`` of the
     python benchmarks/optuna_sampler.py [--seeds 10] [--db .nas/nas.db] [--job ID] [--workers 2]
         [--val-samples 20000] [--device cpu]
 
-On one H100 host with 16 workers (``--device cuda --workers 16``) it takes about 23 minutes
-(the 6,000-subnet sample and 31 of the 50 ``cnn1d`` runs took 16). On 2 cores it takes many
+On one H100 host with 16 workers (``--device cuda --workers 16``) it took 25 minutes (the
+6,000-subnet sample 4.6 of them). On 2 cores it takes many
 hours: a subnet takes 1 to 2 s to measure on 20,000 validation samples (0.4 s on the job's
 4,000, ``--val-samples 0``), most of the other methods' runs go to the 600-trial budget, and
 our sampler costs about 1 s a trial on that space (about 3 s with a step per trial,
