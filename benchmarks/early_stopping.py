@@ -22,7 +22,7 @@ for every method (``--orders`` random subsets of ``--subset`` curves, each in a 
 3. generalisation: the setting tuned on file A (the cheapest in the sweep that meets every
    target there: the epochs, the interval's coverage, and keeping the true best with
    probability >= 0.95 and the true top 3 with recall >= 0.90 with a margin of about one
-   standard error, ``TUNING_MARGIN``), with its
+   standard error, ``TUNING_MARGIN``; see ``tuned`` where none has it), with its
    figures on every other file B (predictors are always fitted on B's own finished runs:
    what transfers is the rule's settings); and the defaults, one setting for every file,
    against every target on each;
@@ -214,13 +214,18 @@ def replay_one(task: tuple[str, str, str, int, int, int, int]) -> dict[str, Any]
 
 
 def tuned(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The cheapest setting that meets every target, the keep targets with ``TUNING_MARGIN``
-    (else the one that keeps the best most). Tuning that ignored a target, the coverage say,
-    would pick a setting already failing it."""
+    """The cheapest setting that meets every target, the keep targets with ``TUNING_MARGIN``;
+    where none has that margin, the one that keeps the best most of those meeting every target
+    (of all, where none does). Tuning that ignored a target, the epochs or the coverage say,
+    would pick a setting already failing it: a file where no setting has the margin would
+    otherwise get the setting that keeps the best most whatever its epochs."""
     good = [r for r in rows if meets_all(r, TUNING_MARGIN)]
     if good:
         return min(good, key=lambda r: r["epochs_fraction"])
-    return max(rows, key=lambda r: (r["p_best_kept"], r["top3_recall"], -r["epochs_fraction"]))
+    candidates = [r for r in rows if meets_all(r)] or rows
+    return max(
+        candidates, key=lambda r: (r["p_best_kept"], r["top3_recall"], -r["epochs_fraction"])
+    )
 
 
 def versus_optuna(
@@ -446,7 +451,8 @@ def markdown(result: dict[str, Any]) -> str:
         "keeping the best with probability >= "
         f"{TARGETS['p_best_kept'] + TUNING_MARGIN['p_best_kept']:.2f} and the top 3 with recall "
         f">= {TARGETS['top3_recall'] + TUNING_MARGIN['top3_recall']:.2f} (those targets plus "
-        "about one standard error), then replayed on the other (its "
+        "about one standard error); where none has that margin, of those that meet every "
+        "target, the one that keeps the best most. Then replayed on the other (its "
         "predictor fitted on that file's own finished runs). Targets met: every target, "
         "coverage included.",
         "",
