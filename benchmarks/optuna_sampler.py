@@ -25,11 +25,11 @@ on the synthetic problem), where its predictors are fitted on ``max_fit`` of the
         [--val-samples 20000] [--device cpu]
 
 On one H100 host with 16 workers (``--device cuda --workers 16``) it took 25 minutes (the
-6,000-subnet sample 4.6 of them). On 2 cores it takes many
-hours: a subnet takes 1 to 2 s to measure on 20,000 validation samples (0.4 s on the job's
-4,000, ``--val-samples 0``), most of the other methods' runs go to the 600-trial budget, and
-our sampler costs about 1 s a trial on that space (about 3 s with a step per trial,
-``batch=1``). The synthetic problem alone takes about 5 minutes.
+6,000-subnet sample 4.6 of them). On 2 cores it takes many hours: a subnet takes 1 to 2 s to
+measure on 20,000 validation samples (0.4 s on the job's 4,000, ``--val-samples 0``), most of
+the other methods' runs go to the 600-trial budget, and our sampler costs 1 to 1.5 s a trial
+on that space (about 3 s with a step per trial, ``batch=1``). The synthetic problem alone
+takes about 5 minutes.
 
 Every finished run and sample chunk is kept in ``--log``
 (``.nas/benchmark-runs/optuna_sampler.jsonl``): run the same command again after a cut (a time
