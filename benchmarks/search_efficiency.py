@@ -397,9 +397,11 @@ def summarise(
         )
     ours_median = methods[0]["median_evaluations_to_98"]
     best_other = min((m["median_evaluations_to_98"] for m in methods[1:]), default=None)
-    ratio = best_other / ours_median if best_other and np.isfinite(ours_median) else None
+    ratio = (
+        best_other / ours_median if best_other is not None and np.isfinite(ours_median) else None
+    )
     # no other method's median within its budget: the ratio is only known to exceed this
-    others_budget = min(m["budget"] for m in methods[1:]) if best_other else None
+    others_budget = min((m["budget"] for m in methods[1:]), default=None)
     at_least = others_budget / ours_median if ratio == np.inf else None
     return {
         "methods": methods,
