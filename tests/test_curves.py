@@ -335,7 +335,12 @@ def test_rung_rule_keeps_the_best_half_of_the_runs_seen_there() -> None:
     assert low.threshold == pytest.approx(0.5)
     assert not rule.decide([0.5, 0.5], {}, [], peers).stop  # tied with the last kept
     assert not rule.decide([0.3] * 3, {}, [], peers).stop  # epoch 3 is no rung
-    assert rule.decide([0.9] * 5 + [0.3], {}, [], peers).stop  # epoch 6 is
+    assert rule.decide([0.3] * 6, {}, [], peers).stop  # epoch 6 is
+    # ranked by the best value reached so far: a dip at the rung does not stop a good run
+    assert not rule.decide([0.9] * 5 + [0.3], {}, [], peers).stop
+    # nor does a peer's dip lower the bar: peers that peaked at 0.9 and 1.0 still count so
+    dipped = [p[:5] + [0.0] * 3 if p[0] > 0.85 else p for p in peers]
+    assert rule.decide([0.3] * 6, {}, [], dipped).threshold == pytest.approx(0.5)
     assert not rule.decide([0.3, 0.3], {}, [], peers[:9]).stop  # too few runs seen there
     assert not StoppingRule(rung_keep=1.0).decide([0.0, 0.0], {}, [], peers).stop
     mins = StoppingRule(mode="min", rung_keep=0.5, min_epochs=2)

@@ -9,8 +9,8 @@ the trials' ``params``), then asks a ``StoppingRule`` about the running trial.
 Works in any single-objective study with any sampler. Report once per epoch, at consecutive
 steps (``0..T-1`` or ``1..T``); a completed trial is used for fitting only when it reported all
 ``n_epochs`` steps. The rank rules (the rungs, and the fallback before ``min_finished``
-trials completed) rank the trial among every other trial's intermediate values, pruned and
-running ones included.
+trials completed) rank the trial by the best value it has reported so far among every other
+trial's best by the same step, pruned and running ones included.
 """
 
 from __future__ import annotations
