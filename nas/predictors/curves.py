@@ -918,9 +918,10 @@ class StoppingRule:
         return round(rung) == t
 
     def _rank_bar(self, epoch: int, peers: Sequence[Sequence[float]], keep: float) -> float | None:
-        """The signed value (``-value`` when minimising) a run must reach at ``epoch`` to be
-        among the best ``keep`` of the peers that reached it and itself; ``None`` with fewer
-        than ``fallback_peers`` such peers, ``-inf`` when all are kept."""
+        """The signed value (``-value`` when minimising) a run's best so far must reach by
+        ``epoch`` to be among the best ``keep`` of the peers that reached it and itself (each
+        ranked by its best by then); ``None`` with fewer than ``fallback_peers`` such peers,
+        ``-inf`` when all are kept."""
         values = sorted((self._standing(p, epoch) for p in peers if len(p) >= epoch), reverse=True)
         if len(values) < self.fallback_peers:
             return None
