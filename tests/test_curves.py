@@ -346,6 +346,7 @@ def test_rung_rule_keeps_the_best_half_of_the_runs_seen_there() -> None:
     mins = StoppingRule(mode="min", rung_keep=0.5, min_epochs=2)
     assert mins.decide([0.8, 0.8], {}, [], peers).stop
     assert not mins.decide([0.3, 0.3], {}, [], peers).stop
+    assert not mins.decide([0.3, 0.8], {}, [], peers).stop  # its best so far is the lowest
 
 
 def test_rung_rule_stops_a_run_the_model_would_keep() -> None:
