@@ -98,6 +98,10 @@ GRID = [
     replace(DEFAULT, rung_factor=2.0, rung_keep=0.4),
     replace(DEFAULT, rung_keep=0.25),
     replace(DEFAULT, rung_keep=0.2),
+    # deeper cuts at the rungs: the rung rule's end of the trade-off (picked on seeds 0 and 1)
+    replace(DEFAULT, rung_keep=0.15),
+    replace(DEFAULT, rung_keep=0.125),
+    replace(DEFAULT, rung_keep=0.1),
     CHEAP,
     replace(CHEAP, rung_keep=1 / 3),
     replace(CHEAP, rung_keep=0.25),
